@@ -1,0 +1,82 @@
+"""The `qnn` dialect: float and quantized neural-network ops for the CNN family.
+
+Every op keeps the torch module path it came from (`at "layer1.0.conv1"`), so reports, pruning
+plans and latency tables can name layers as the user wrote them. The ops live in three files:
+`qnn_layers` (ops with weights), `qnn_tensor_ops` (activations, add, pooling, shapes) and
+`qnn_quant` (quantize, dequantize, requantize); `qnn_attrs` holds the attributes.
+"""
+
+from __future__ import annotations
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import Builtin
+from xdsl.dialects.func import Func
+from xdsl.ir import Dialect
+
+from dopant.dialects.qnn_attrs import ActivationAttr, QuantParamsAttr
+from dopant.dialects.qnn_base import QnnOp
+from dopant.dialects.qnn_layers import BatchNormOp, ConstantOp, Conv2DOp, LinearOp
+from dopant.dialects.qnn_quant import DequantizeOp, QuantizeOp, RequantizeOp
+from dopant.dialects.qnn_tensor_ops import (
+    AddOp,
+    AvgPool2DOp,
+    ClampOp,
+    ConcatOp,
+    GlobalAvgPoolOp,
+    MaxPool2DOp,
+    ReluOp,
+    ReshapeOp,
+)
+
+__all__ = [
+    "QNN",
+    "ActivationAttr",
+    "AddOp",
+    "AvgPool2DOp",
+    "BatchNormOp",
+    "ClampOp",
+    "ConcatOp",
+    "ConstantOp",
+    "Conv2DOp",
+    "DequantizeOp",
+    "GlobalAvgPoolOp",
+    "LinearOp",
+    "MaxPool2DOp",
+    "QnnOp",
+    "QuantParamsAttr",
+    "QuantizeOp",
+    "ReluOp",
+    "RequantizeOp",
+    "ReshapeOp",
+    "make_context",
+]
+
+QNN = Dialect(
+    "qnn",
+    [
+        ConstantOp,
+        Conv2DOp,
+        LinearOp,
+        BatchNormOp,
+        ReluOp,
+        ClampOp,
+        AddOp,
+        MaxPool2DOp,
+        AvgPool2DOp,
+        GlobalAvgPoolOp,
+        ReshapeOp,
+        ConcatOp,
+        QuantizeOp,
+        DequantizeOp,
+        RequantizeOp,
+    ],
+    [QuantParamsAttr, ActivationAttr],
+)
+
+
+def make_context() -> Context:
+    """A context that parses dopant IR: builtin, func and qnn."""
+    ctx = Context()
+    for dialect in (Builtin, Func, QNN):
+        ctx.load_dialect(dialect)
+    return ctx

@@ -1,0 +1,224 @@
+"""Attributes of the `qnn` dialect: quantization parameters and fused activations.
+
+    #qnn.qparams<si8, scale = [0.05], zp = [0]>                  per tensor
+    #qnn.qparams<si4, axis = 0, scale = [0.1, 0.2], zp = [0, 0]> per channel along axis 0
+    #qnn.act<relu>   #qnn.act<clamp 0.0, 6.0>                    activation fused into a producer
+
+A real value r and its integer q are related by r = scale * (q - zp) (Jacob et al., CVPR 2018).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from xdsl.dialects.builtin import ArrayAttr, FloatData, IntAttr, IntegerType, Signedness, StringAttr
+from xdsl.ir import Attribute, ParametrizedAttribute
+from xdsl.irdl import irdl_attr_definition, param_def
+from xdsl.parser import AttrParser
+from xdsl.printer import Printer
+from xdsl.utils.exceptions import VerifyException
+
+# Storage widths a quantized tensor may have: 2..8 bits for weights and activations (BitFusion
+# bricks), 32 bits for biases and accumulators.
+QUANT_BITS = (2, 3, 4, 5, 6, 7, 8, 32)
+PER_TENSOR = -1
+
+
+def _floats(xs: Sequence[float]) -> ArrayAttr[FloatData]:
+    return ArrayAttr([FloatData(float(x)) for x in xs])
+
+
+def _ints(xs: Sequence[int]) -> ArrayAttr[IntAttr]:
+    return ArrayAttr([IntAttr(int(x)) for x in xs])
+
+
+def float_text(x: float) -> str:
+    """`x` as an MLIR float literal that reads back to the same double (`1e-05` -> `1.0e-05`)."""
+    text = repr(float(x))
+    if "e" in text and "." not in text:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}.0e{exponent}"
+    return text
+
+
+def _parse_number(parser: AttrParser) -> float:
+    return float(parser.parse_number())
+
+
+def storage_type(bits: int, signed: bool) -> IntegerType:
+    """The integer element type that holds values quantized to `bits` (`si8`, `ui4`, ...)."""
+    return IntegerType(bits, Signedness.SIGNED if signed else Signedness.UNSIGNED)
+
+
+@irdl_attr_definition
+class QuantParamsAttr(ParametrizedAttribute):
+    """Scales, zero points, bit width and signedness of a quantized tensor.
+
+    `axis` is the channel axis of per-channel parameters, or -1 for one scale for the tensor.
+    """
+
+    name = "qnn.qparams"
+
+    scale: ArrayAttr[FloatData] = param_def(converter=_floats)
+    zero_point: ArrayAttr[IntAttr] = param_def(converter=_ints)
+    bits: IntAttr = param_def(converter=IntAttr.get)
+    signed: IntAttr = param_def(converter=lambda b: IntAttr(int(b)))
+    axis: IntAttr = param_def(converter=IntAttr.get)
+
+    @staticmethod
+    def per_tensor(scale: float, zero_point: int, bits: int, signed: bool) -> QuantParamsAttr:
+        return QuantParamsAttr([scale], [zero_point], bits, signed, PER_TENSOR)
+
+    @property
+    def scales(self) -> list[float]:
+        return [s.data for s in self.scale.data]
+
+    @property
+    def zero_points(self) -> list[int]:
+        return [z.data for z in self.zero_point.data]
+
+    @property
+    def is_signed(self) -> bool:
+        return bool(self.signed.data)
+
+    @property
+    def is_per_channel(self) -> bool:
+        return self.axis.data != PER_TENSOR
+
+    @property
+    def qmin(self) -> int:
+        return -(1 << (self.bits.data - 1)) if self.is_signed else 0
+
+    @property
+    def qmax(self) -> int:
+        bits = self.bits.data
+        return (1 << (bits - 1)) - 1 if self.is_signed else (1 << bits) - 1
+
+    @property
+    def element_type(self) -> IntegerType:
+        return storage_type(self.bits.data, self.is_signed)
+
+    def verify(self) -> None:
+        bits = self.bits.data
+        if bits not in QUANT_BITS:
+            raise VerifyException(
+                f"Quantization bit width {bits} is not supported; use one of {list(QUANT_BITS)}."
+            )
+        if len(self.scale) != len(self.zero_point):
+            raise VerifyException(
+                f"Quantization parameters have {len(self.scale)} scales but "
+                f"{len(self.zero_point)} zero points; give one zero point per scale."
+            )
+        if not self.is_per_channel and len(self.scale) != 1:
+            raise VerifyException(
+                f"Per-tensor quantization parameters need exactly one scale, got "
+                f"{len(self.scale)}; set an axis for per-channel parameters."
+            )
+        if self.axis.data < PER_TENSOR:
+            raise VerifyException(f"Quantization axis {self.axis.data} is negative.")
+        for s in self.scales:
+            if not (math.isfinite(s) and s > 0):
+                raise VerifyException(f"Quantization scale {s} is not a positive finite number.")
+        for z in self.zero_points:
+            if not self.qmin <= z <= self.qmax:
+                raise VerifyException(
+                    f"Zero point {z} lies outside the range [{self.qmin}, {self.qmax}] "
+                    f"of {self.element_type}."
+                )
+
+    @classmethod
+    def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
+        with parser.in_angle_brackets():
+            elem = parser.parse_type()
+            if not isinstance(elem, IntegerType) or elem.signedness.data == Signedness.SIGNLESS:
+                parser.raise_error("expected a signed or unsigned storage type such as si8 or ui4")
+            axis = PER_TENSOR
+            parser.parse_punctuation(",")
+            if parser.parse_optional_keyword("axis") is not None:
+                parser.parse_punctuation("=")
+                axis = parser.parse_integer(allow_negative=False)
+                parser.parse_punctuation(",")
+            parser.parse_keyword("scale")
+            parser.parse_punctuation("=")
+            scales = parser.parse_comma_separated_list(
+                parser.Delimiter.SQUARE, lambda: _parse_number(parser)
+            )
+            parser.parse_punctuation(",")
+            parser.parse_keyword("zp")
+            parser.parse_punctuation("=")
+            zps = parser.parse_comma_separated_list(parser.Delimiter.SQUARE, parser.parse_integer)
+        signed = elem.signedness.data == Signedness.SIGNED
+        return (
+            _floats(scales),
+            _ints(zps),
+            IntAttr(elem.width.data),
+            IntAttr(int(signed)),
+            IntAttr(axis),
+        )
+
+    def print_parameters(self, printer: Printer) -> None:
+        # repr() of a Python float reads back to the same double.
+        axis = f"axis = {self.axis.data}, " if self.is_per_channel else ""
+        scales = ", ".join(float_text(s) for s in self.scales)
+        zps = ", ".join(str(z) for z in self.zero_points)
+        printer.print_string(f"<{self.element_type}, {axis}scale = [{scales}], zp = [{zps}]>")
+
+
+ACTIVATIONS = ("relu", "clamp")
+
+
+@irdl_attr_definition
+class ActivationAttr(ParametrizedAttribute):
+    """An activation fused into the op that produces its input: `relu` or `clamp lo, hi`."""
+
+    name = "qnn.act"
+
+    kind: StringAttr = param_def(converter=StringAttr)
+    lo: FloatData = param_def(converter=lambda x: FloatData(float(x)))
+    hi: FloatData = param_def(converter=lambda x: FloatData(float(x)))
+
+    @staticmethod
+    def relu() -> ActivationAttr:
+        return ActivationAttr("relu", 0.0, math.inf)
+
+    @staticmethod
+    def clamp(lo: float, hi: float) -> ActivationAttr:
+        return ActivationAttr("clamp", lo, hi)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return self.lo.data, self.hi.data
+
+    def verify(self) -> None:
+        kind = self.kind.data
+        if kind not in ACTIVATIONS:
+            raise VerifyException(
+                f"Activation '{kind}' is not known; use one of {', '.join(ACTIVATIONS)}."
+            )
+        if kind == "relu" and self.bounds != (0.0, math.inf):
+            raise VerifyException("A relu activation clamps to [0, inf); use clamp for others.")
+        if kind == "clamp" and not (math.isfinite(self.lo.data) and math.isfinite(self.hi.data)):
+            raise VerifyException("Clamp bounds must be finite numbers.")
+        if not self.lo.data < self.hi.data:
+            raise VerifyException(
+                f"Activation bounds [{self.lo.data}, {self.hi.data}] are empty; "
+                "the lower bound must be below the upper bound."
+            )
+
+    @classmethod
+    def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
+        with parser.in_angle_brackets():
+            if parser.parse_optional_keyword("relu") is not None:
+                return ActivationAttr.relu().parameters
+            parser.parse_keyword("clamp")
+            lo = _parse_number(parser)
+            parser.parse_punctuation(",")
+            hi = _parse_number(parser)
+        return ActivationAttr.clamp(lo, hi).parameters
+
+    def print_parameters(self, printer: Printer) -> None:
+        if self.kind.data == "relu":
+            printer.print_string("<relu>")
+            return
+        printer.print_string(f"<clamp {float_text(self.lo.data)}, {float_text(self.hi.data)}>")

@@ -1,0 +1,110 @@
+"""Shared pieces of the `qnn` ops: the module-path property, type helpers and shape rules."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from xdsl.dialects.builtin import (
+    DenseArrayBase,
+    Float32Type,
+    IntegerType,
+    StringAttr,
+    TensorType,
+    i64,
+)
+from xdsl.ir import Attribute, SSAValue
+from xdsl.irdl import IRDLOperation, prop_def
+from xdsl.utils.exceptions import VerifyException
+
+
+class QnnOp(IRDLOperation):
+    """Base of every `qnn` op that computes: it keeps the torch module path it came from."""
+
+    path = prop_def(StringAttr)
+
+    @property
+    def where(self) -> str:
+        """The op and its module path, for messages: `qnn.conv2d at "layer1.0.conv1"`."""
+        return f'{self.name} at "{self.path.data}"'
+
+    def fail(self, message: str) -> VerifyException:
+        return VerifyException(f"{self.where}: {message}")
+
+
+def i64_array(values: Sequence[int]) -> DenseArrayBase:
+    return DenseArrayBase.from_list(i64, [int(v) for v in values])
+
+
+def ints(array: DenseArrayBase) -> tuple[int, ...]:
+    return tuple(int(v) for v in array.iter_values())
+
+
+def tensor_type(value: SSAValue) -> TensorType:
+    ty = value.type
+    assert isinstance(ty, TensorType), "operand constraints guarantee tensor types"
+    return ty
+
+
+def shape(value: SSAValue | Attribute) -> tuple[int, ...]:
+    ty = value.type if isinstance(value, SSAValue) else value
+    assert isinstance(ty, TensorType)
+    return tuple(ty.get_shape())
+
+
+def element(value: SSAValue) -> Attribute:
+    return tensor_type(value).element_type
+
+
+def is_float(value: SSAValue) -> bool:
+    return isinstance(element(value), Float32Type)
+
+
+def is_int(value: SSAValue) -> bool:
+    return isinstance(element(value), IntegerType)
+
+
+def with_shape(
+    like: SSAValue, new_shape: Sequence[int], elem: Attribute | None = None
+) -> TensorType:
+    """A tensor type of `new_shape` with the element type of `like` (or `elem`)."""
+    return TensorType(elem or element(like), list(new_shape))
+
+
+def window_out(
+    size: int,
+    kernel: int,
+    stride: int,
+    pad_lo: int,
+    pad_hi: int,
+    dilation: int = 1,
+    ceil_mode: bool = False,
+) -> int:
+    """Output length of a sliding window, as torch computes it for convolutions and pooling.
+
+    With `ceil_mode` the last window may start in the padding but not past it (torch's rule).
+    """
+    span = size + pad_lo + pad_hi - dilation * (kernel - 1) - 1
+    if span < 0:
+        return 0
+    out = (span + stride - 1) // stride + 1 if ceil_mode else span // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad_lo:
+        out -= 1
+    return out
+
+
+def check_len(op: QnnOp, field: str, values: tuple[int, ...], n: int, minimum: int) -> None:
+    if len(values) != n:
+        raise op.fail(f"{field} needs {n} values, got {len(values)}: {list(values)}.")
+    if any(v < minimum for v in values):
+        raise op.fail(f"{field} values must be at least {minimum}, got {list(values)}.")
+
+
+def check_result_shape(op: QnnOp, expected: Sequence[int], result: SSAValue) -> None:
+    got = shape(result)
+    if got != tuple(expected):
+        raise op.fail(f"the result shape should be {list(expected)} but is {list(got)}.")
+
+
+def check_same_element(op: QnnOp, a: SSAValue, b: SSAValue, what: str) -> None:
+    if element(a) != element(b):
+        raise op.fail(f"{what} has element type {element(b)} but the input has {element(a)}.")
