@@ -52,7 +52,7 @@ def import_model(
     program = _export(model, inputs)
     graph = program.graph
     _check_supported(graph, frozenset(_parameters(program)))
-    paths = _node_paths(graph)
+    paths = _node_paths(graph, model)
     module = _build(program, paths)
     module.verify()
     return module
@@ -120,31 +120,40 @@ def _module_path(node: fx.Node) -> tuple[str, str]:
 
 def _check_supported(graph: fx.Graph, params: frozenset[str]) -> None:
     problems: list[tuple[str, str]] = []
+    supported = {str(target) for target in LOWERINGS}
     for node in _calls(graph):
         lowering = LOWERINGS.get(node.target)
         reason = lowering.check(node, params) if lowering else "not supported"
         if reason is None:
             continue
-        path = _module_path(node)[1] or "<model>"
+        path = _module_path(node)[1] or node.name
         # A decomposed op is reported by the name the user wrote (aten.hardswish, not aten.mul).
+        # meta["original_aten"] is an equal-named copy of the op, so compare names.
         original = node.meta.get("original_aten")
-        name = op_name(original if original is not None else node.target)
-        entry = (path, name if reason == "not supported" else f"{name} ({reason})")
+        if original is not None and str(original) != str(node.target):
+            form = " (in a form dopant does not import)" if str(original) in supported else ""
+            entry = (path, op_name(original) + form)
+        else:
+            name = op_name(node.target)
+            entry = (path, name if reason == "not supported" else f"{name} ({reason})")
         if entry not in problems:
             problems.append(entry)
     if problems:
         raise UnsupportedOpsError(problems)
 
 
-def _node_paths(graph: fx.Graph) -> dict[fx.Node, str]:
-    """A unique, stable name per emitting node: the module path when the module call produced
+def _node_paths(graph: fx.Graph, model: torch.nn.Module) -> dict[fx.Node, str]:
+    """A unique, stable name per emitting node: the module path when a leaf module's call made
     one op (`layer1.0.conv1`), else the path and the node name (`layer1.0/add`)."""
+    modules = dict(model.named_modules())
     emitting = [n for n in _calls(graph) if LOWERINGS[n.target].emits]
     per_call = Counter(_module_path(n)[0] for n in emitting)
     paths: dict[fx.Node, str] = {}
     for node in emitting:
         key, path = _module_path(node)
-        if path and per_call[key] == 1:
+        module = modules.get(path.split("@")[0]) if path else None
+        is_leaf = module is not None and next(module.children(), None) is None
+        if is_leaf and per_call[key] == 1:
             paths[node] = path
         else:
             paths[node] = f"{path}/{node.name}" if path else node.name

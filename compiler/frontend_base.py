@@ -98,7 +98,6 @@ class Emitter:
         fqn, tensor = self.parameters[node.name]
         array = tensor.detach().to(torch.float32).contiguous().numpy()
         constant = qnn.ConstantOp.of(array, fqn)
-        constant.result.name_hint = fqn.replace(".", "_")
         self.values[node] = constant.result
         return constant.result
 

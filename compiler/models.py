@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +66,9 @@ def _file_factory(path: str, factory_name: str) -> Callable[[], torch.nn.Module]
         found = [
             n
             for n, v in vars(module).items()
-            if callable(v) and not n.startswith("_") and inspect.getmodule(v) is module
+            if callable(v)
+            and not n.startswith("_")
+            and getattr(v, "__module__", "") == module.__name__
         ]
         raise InputError(
             f"'{path}' has no callable '{factory_name}'; it defines: "

@@ -7,12 +7,23 @@ import os
 import tempfile
 from pathlib import Path
 
+from dopant.dialects.errors import InputError
+
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
     """Write `data` to `path` through a temporary file in the same folder, then rename it."""
     target = Path(path)
     payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    folder = target.parent
+    if not folder.is_dir():
+        raise InputError(
+            f"cannot write '{target}': the folder '{folder}' does not exist; "
+            "create it or choose another output path."
+        )
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    except OSError as error:
+        raise InputError(f"cannot write '{target}': {error.strerror}.") from error
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)

@@ -7,6 +7,7 @@ accumulates into si32, with the bias already at the accumulator's scale.
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 import numpy as np
@@ -67,6 +68,12 @@ _NUMPY_OF = {
 }
 
 
+def ssa_name(text: str) -> str:
+    """`text` made a valid SSA value name: other characters become `_`, never a leading digit."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", text)
+    return name if name[:1].isalpha() or name[:1] == "_" else f"v{name}"
+
+
 def numpy_dtype(elem: Attribute) -> np.dtype:
     """The numpy dtype that stores one element of `elem` (sub-byte ints take a whole byte)."""
     if isinstance(elem, IntegerType) and elem.width.data <= 8:
@@ -111,7 +118,12 @@ class ConstantOp(IRDLOperation):
 
     @staticmethod
     def of(array: np.ndarray, path: str | None = None, elem: Attribute = f32) -> ConstantOp:
-        return ConstantOp(dense(array, elem), path)
+        """A constant holding `array`, its SSA name taken from `path` (`conv1.weight` ->
+        `%conv1_weight`)."""
+        op = ConstantOp(dense(array, elem), path)
+        if path:
+            op.result.name_hint = ssa_name(path)
+        return op
 
     def numpy(self) -> np.ndarray:
         return to_numpy(self.value)

@@ -40,7 +40,7 @@ def rebuild(
         properties=properties,
         attributes=dict(op.attributes),
     )  # type: ignore[arg-type]
-    rewriter.replace_op(op, new)
+    rewriter.replace(op, new)
     return new
 
 

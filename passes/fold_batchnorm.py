@@ -61,7 +61,7 @@ class FoldIntoLayer(RewritePattern):
         w = insert_constant(rewriter, layer, new_weight, weight_path.data if weight_path else None)
         b = insert_constant(rewriter, layer, new_bias, f"{layer.path.data}.bias")
         new_layer = rebuild(layer, [layer.input, w, b], rewriter)
-        rewriter.replace_op(norm, [], [new_layer.results[0]])
+        rewriter.replace(norm, [], [new_layer.results[0]])
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ class FuseIntoProducer(RewritePattern):
             else ActivationAttr.clamp(*activation.bounds)
         )
         fused = rebuild(producer, producer.operands, rewriter, act=act)
-        rewriter.replace_op(activation, [], [fused.results[0]])
+        rewriter.replace(activation, [], [fused.results[0]])
 
 
 @dataclass(frozen=True)

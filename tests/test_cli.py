@@ -1,0 +1,164 @@
+"""The `dopant` command line: commands, shell pipes, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dopant.compiler.cli import main
+from dopant.compiler.irio import parse_ir
+from dopant.compiler.summary import op_counts
+
+DOPANT = shutil.which("dopant") or str(Path(sys.executable).parent / "dopant")
+XDSL_OPT = shutil.which("xdsl-opt") or str(Path(sys.executable).parent / "xdsl-opt")
+
+
+def _run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [DOPANT, *args], input=stdin, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_import_then_opt_through_a_shell_pipe(tmp_path: Path) -> None:
+    imported = _run("import", "zoo:resnet8")
+    assert imported.returncode == 0, imported.stderr
+    out = tmp_path / "folded.mlir"
+    opt = _run(
+        "opt",
+        "-",
+        "-p",
+        "fold-batchnorm,fuse-activation",
+        "--time-passes",
+        "-o",
+        str(out),
+        stdin=imported.stdout,
+    )
+    assert opt.returncode == 0, opt.stderr
+    assert "fold-batchnorm" in opt.stderr and "total" in opt.stderr  # the timing table
+    counts = op_counts(parse_ir(out.read_text()))
+    # ResNet-8: 9 convs (7 + 2 shortcuts), all batch norms folded, all relus fused.
+    assert counts["qnn.conv2d"] == 9
+    assert counts["qnn.batch_norm"] == 0 and counts["qnn.relu"] == 0
+
+
+def test_stock_xdsl_opt_finds_dopant_dialect_and_passes(tmp_path: Path) -> None:
+    net = tmp_path / "net.mlir"
+    assert main(["import", "zoo:lenet5", "-o", str(net)]) == 0
+    result = subprocess.run(
+        [XDSL_OPT, str(net), "-p", "fold-batchnorm,fuse-activation"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("act <relu>") == 4  # 2 convs + 2 hidden linear layers
+
+
+def test_print_ir_after_all_goes_to_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    net = tmp_path / "net.mlir"
+    assert main(["import", "zoo:mlp", "-o", str(net)]) == 0
+    assert (
+        main(
+            [
+                "opt",
+                str(net),
+                "-p",
+                "fuse-activation",
+                "--print-ir-after-all",
+                "-o",
+                str(tmp_path / "o.mlir"),
+            ]
+        )
+        == 0
+    )
+    assert "// -----// IR Dump After fuse-activation //----- //" in capsys.readouterr().err
+
+
+def test_import_from_a_python_file_with_input_shape(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "mynet.py"
+    source.write_text(
+        "import torch\n"
+        "def build():\n"
+        "    return torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.ReLU())\n"
+    )
+    assert main(["import", f"{source}:build", "--input-shape", "1,2,6,6"]) == 0
+    text = capsys.readouterr().out
+    assert "tensor<1x2x6x6xf32>" in text and 'at "0"' in text
+
+
+def test_passes_lists_options_and_summaries(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["passes"]) == 0
+    out = capsys.readouterr().out
+    assert "fold-batchnorm\n    Fold each `qnn.batch_norm` into the conv or linear layer" in out
+    assert "    strict: bool = false" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["import", "zoo:resnet99"], "unknown zoo model 'resnet99'; available: mlp, lenet5"),
+        (
+            ["import", "nofile.py:build", "--input-shape", "1,3,8,8"],
+            "model file 'nofile.py' does not exist",
+        ),
+        (
+            ["import", "zoo:lenet5", "--input-shape", "1,1,8,8"],
+            "torch could not run the model on input shape(s) [1, 1, 8, 8]",
+        ),
+        (["import", "zoo:lenet5", "--input-shape", "1,x,2"], "input shape '1,x,2' is not a list"),
+        (["import", "zoo:lenet5", "--input-shape", "1,28,28"], "takes NCHW input"),
+        (["opt", "missing.mlir"], "IR file 'missing.mlir' does not exist"),
+        (["opt", "-", "-p", "fold-batchnorm,tile-everything"], "unknown pass 'tile-everything'"),
+    ],
+)
+def test_bad_input_is_one_line_and_a_nonzero_exit(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("dopant: error: ") and err.count("\n") == 1
+    assert message in err
+
+
+def test_factory_that_does_not_exist_names_what_the_file_defines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "nets.py"
+    source.write_text("def small():\n    pass\ndef big():\n    pass\n")
+    assert main(["import", f"{source}:tiny", "--input-shape", "1,3,8,8"]) == 1
+    assert "has no callable 'tiny'; it defines: small, big" in capsys.readouterr().err
+
+
+def test_malformed_mlir_names_file_line_and_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.mlir"
+    bad.write_text(
+        "func.func @forward(%x: tensor<2xf32>) {\n  %y = qnn.relu %x : tensor<2xf32>\n}\n"
+    )
+    assert main(["opt", str(bad), "-p", "fuse-activation"]) == 1
+    assert f"dopant: error: {bad}:2:20: Expected 'at'" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback() -> None:
+    result = _run("--debug", "import", "zoo:resnet99")
+    assert result.returncode != 0
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "InputError: unknown zoo model 'resnet99'" in result.stderr
+
+
+def test_output_into_a_missing_folder_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "missing_dir" / "net.mlir"
+    assert main(["import", "zoo:mlp", "-o", str(target)]) == 1
+    assert "the folder" in capsys.readouterr().err and not target.parent.exists()

@@ -1,0 +1,34 @@
+"""Atomic writes: a failure never leaves a half-written artifact."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from dopant.dialects.files import write_atomic
+
+
+def test_write_replaces_the_whole_file(tmp_path: Path) -> None:
+    target = tmp_path / "a.bin"
+    write_atomic(target, b"old contents")
+    write_atomic(target, "new")
+    assert target.read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "a.bin"
+    target.write_bytes(b"old")
+
+    def fail(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, b"new contents")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
