@@ -23,6 +23,7 @@ from xdsl.ir import SSAValue
 from dopant.compiler.frontend_base import Emitter, Lowering, aten, op_name
 from dopant.compiler.frontend_layers import LAYER_LOWERINGS
 from dopant.compiler.frontend_tensor_ops import TENSOR_LOWERINGS
+from dopant.compiler.irio import verify
 from dopant.dialects.errors import InputError, UnsupportedOpsError
 
 LOWERINGS: dict[object, Lowering] = {**LAYER_LOWERINGS, **TENSOR_LOWERINGS}
@@ -54,7 +55,7 @@ def import_model(
     _check_supported(graph, frozenset(_parameters(program)))
     paths = _node_paths(graph, model)
     module = _build(program, paths)
-    module.verify()
+    verify(module, "after import (a frontend bug: please report it)")
     return module
 
 

@@ -45,6 +45,8 @@ def _check_max_pool(node: fx.Node, params: frozenset[str]) -> str | None:
         return "only 2-D pooling on NCHW input is supported"
     if is_pad(a["self"]) and any(int(p) for p in a["padding"]):
         return "zero padding before a max pool that pads itself cannot be folded"
+    if is_pad(a["self"]) and a["ceil_mode"]:
+        return "zero padding before a ceil-mode pool cannot be folded"
     return pad_input_reason(node, "max pool")
 
 
@@ -78,6 +80,8 @@ def _check_avg_pool(node: fx.Node, params: frozenset[str]) -> str | None:
         return "avg_pool2d with divisor_override is not supported"
     if is_pad(a["self"]) and any(int(p) for p in a["padding"]) and not a["count_include_pad"]:
         return "zero padding before an avg pool with count_include_pad=False cannot be folded"
+    if is_pad(a["self"]) and a["ceil_mode"]:
+        return "zero padding before a ceil-mode pool cannot be folded"
     return pad_input_reason(node, "avg pool")
 
 

@@ -31,5 +31,9 @@ class PipelineError(DopantError):
     """A pass pipeline that cannot be parsed or a pass that failed."""
 
 
+class ExecutionError(DopantError):
+    """IR that verifies but breaks the integer contract while it runs (an overflow, say)."""
+
+
 class IRError(DopantError):
     """IR text that does not parse or verify; the message carries file:line:col or the op."""

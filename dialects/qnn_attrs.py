@@ -25,12 +25,29 @@ QUANT_BITS = (2, 3, 4, 5, 6, 7, 8, 32)
 PER_TENSOR = -1
 
 
-def _floats(xs: Sequence[float]) -> ArrayAttr[FloatData]:
+# Converters let attributes be built from plain values; wrapped values pass through unchanged.
+def _floats(xs: Sequence[float] | ArrayAttr[FloatData]) -> ArrayAttr[FloatData]:
+    if isinstance(xs, ArrayAttr):
+        return xs
     return ArrayAttr([FloatData(float(x)) for x in xs])
 
 
-def _ints(xs: Sequence[int]) -> ArrayAttr[IntAttr]:
+def _ints(xs: Sequence[int] | ArrayAttr[IntAttr]) -> ArrayAttr[IntAttr]:
+    if isinstance(xs, ArrayAttr):
+        return xs
     return ArrayAttr([IntAttr(int(x)) for x in xs])
+
+
+def _int(x: int | bool | IntAttr) -> IntAttr:
+    return x if isinstance(x, IntAttr) else IntAttr(int(x))
+
+
+def _float(x: float | FloatData) -> FloatData:
+    return x if isinstance(x, FloatData) else FloatData(float(x))
+
+
+def _string(x: str | StringAttr) -> StringAttr:
+    return x if isinstance(x, StringAttr) else StringAttr(x)
 
 
 def float_text(x: float) -> str:
@@ -62,13 +79,26 @@ class QuantParamsAttr(ParametrizedAttribute):
 
     scale: ArrayAttr[FloatData] = param_def(converter=_floats)
     zero_point: ArrayAttr[IntAttr] = param_def(converter=_ints)
-    bits: IntAttr = param_def(converter=IntAttr.get)
-    signed: IntAttr = param_def(converter=lambda b: IntAttr(int(b)))
-    axis: IntAttr = param_def(converter=IntAttr.get)
+    bits: IntAttr = param_def(converter=_int)
+    signed: IntAttr = param_def(converter=_int)
+    axis: IntAttr = param_def(converter=_int)
+
+    @staticmethod
+    def get(
+        scales: Sequence[float],
+        zero_points: Sequence[int],
+        bits: int,
+        signed: bool,
+        axis: int = PER_TENSOR,
+    ) -> QuantParamsAttr:
+        """Parameters from plain values; `axis` -1 means one scale for the whole tensor."""
+        return QuantParamsAttr(
+            _floats(scales), _ints(zero_points), IntAttr(bits), IntAttr(int(signed)), IntAttr(axis)
+        )
 
     @staticmethod
     def per_tensor(scale: float, zero_point: int, bits: int, signed: bool) -> QuantParamsAttr:
-        return QuantParamsAttr([scale], [zero_point], bits, signed, PER_TENSOR)
+        return QuantParamsAttr.get([scale], [zero_point], bits, signed)
 
     @property
     def scales(self) -> list[float]:
@@ -174,17 +204,17 @@ class ActivationAttr(ParametrizedAttribute):
 
     name = "qnn.act"
 
-    kind: StringAttr = param_def(converter=StringAttr)
-    lo: FloatData = param_def(converter=lambda x: FloatData(float(x)))
-    hi: FloatData = param_def(converter=lambda x: FloatData(float(x)))
+    kind: StringAttr = param_def(converter=_string)
+    lo: FloatData = param_def(converter=_float)
+    hi: FloatData = param_def(converter=_float)
 
     @staticmethod
     def relu() -> ActivationAttr:
-        return ActivationAttr("relu", 0.0, math.inf)
+        return ActivationAttr(StringAttr("relu"), FloatData(0.0), FloatData(math.inf))
 
     @staticmethod
     def clamp(lo: float, hi: float) -> ActivationAttr:
-        return ActivationAttr("clamp", lo, hi)
+        return ActivationAttr(StringAttr("clamp"), FloatData(float(lo)), FloatData(float(hi)))
 
     @property
     def bounds(self) -> tuple[float, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from xdsl.dialects.builtin import (
     DenseArrayBase,
@@ -36,7 +37,8 @@ def i64_array(values: Sequence[int]) -> DenseArrayBase:
 
 
 def ints(array: DenseArrayBase) -> tuple[int, ...]:
-    return tuple(int(v) for v in array.iter_values())
+    """The values of an i64 array property."""
+    return tuple(int(v) for v in cast(DenseArrayBase[IntegerType], array).iter_values())
 
 
 def tensor_type(value: SSAValue) -> TensorType:
@@ -81,7 +83,8 @@ def window_out(
 ) -> int:
     """Output length of a sliding window, as torch computes it for convolutions and pooling.
 
-    With `ceil_mode` the last window may start in the padding but not past it (torch's rule).
+    With `ceil_mode` a last, partial window is kept if it starts inside the input or its
+    top/left padding, never in the bottom/right padding (torch's rule).
     """
     span = size + pad_lo + pad_hi - dilation * (kernel - 1) - 1
     if span < 0:

@@ -8,13 +8,14 @@ accumulates into si32, with the bias already at the accumulator's scale.
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import numpy as np
 from xdsl.dialects.builtin import (
     BytesAttr,
     DenseArrayBase,
     DenseIntOrFPElementsAttr,
+    Float32Type,
     Float64Type,
     FloatAttr,
     IntegerAttr,
@@ -41,6 +42,7 @@ from xdsl.irdl import (
     traits_def,
 )
 from xdsl.traits import ConstantLike, Pure
+from xdsl.utils.exceptions import VerifyException
 
 from dopant.dialects.qnn_attrs import ActivationAttr
 from dopant.dialects.qnn_base import (
@@ -87,7 +89,8 @@ def numpy_dtype(elem: Attribute) -> np.dtype:
 def dense(array: np.ndarray, elem: Attribute = f32) -> DenseIntOrFPElementsAttr:
     """A dense constant built from the bytes of `array` (fast even for millions of weights)."""
     data = np.ascontiguousarray(array, dtype=numpy_dtype(elem))
-    return DenseIntOrFPElementsAttr(TensorType(elem, data.shape), BytesAttr(data.tobytes()))
+    tensor = TensorType(cast(IntegerType | Float32Type, elem), data.shape)
+    return DenseIntOrFPElementsAttr(tensor, BytesAttr(data.tobytes()))
 
 
 def to_numpy(attr: DenseIntOrFPElementsAttr) -> np.ndarray:
@@ -127,6 +130,21 @@ class ConstantOp(IRDLOperation):
 
     def numpy(self) -> np.ndarray:
         return to_numpy(self.value)
+
+    def verify_(self) -> None:
+        elem = self.value.get_element_type()
+        if not isinstance(elem, IntegerType) or elem.width.data >= 8:
+            return
+        # Sub-byte values are stored a byte each, so the type does not bound them by itself.
+        values = self.numpy()
+        bits, signed = elem.width.data, elem.signedness.data != Signedness.UNSIGNED
+        lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+        if values.size and (values.min() < lo or values.max() > hi):
+            where = f' at "{self.path.data}"' if self.path else ""
+            raise VerifyException(
+                f"qnn.constant{where}: values span [{values.min()}, {values.max()}], outside "
+                f"the range [{lo}, {hi}] of {elem}."
+            )
 
 
 def _check_layer_types(

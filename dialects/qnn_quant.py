@@ -161,3 +161,9 @@ class RequantizeOp(QnnOp):
         _check_storage(self, self.out_params, self.output, "result")
         _check_params(self, self.in_params, self.input, "the input")
         _check_params(self, self.out_params, self.output, "the result")
+        axes = {p.axis.data for p in (self.in_params, self.out_params) if p.is_per_channel}
+        if len(axes) > 1:
+            raise self.fail(
+                f"per-channel input and result parameters use different axes "
+                f"{sorted(axes)}; requantize per channel along one axis."
+            )

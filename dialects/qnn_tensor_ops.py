@@ -37,6 +37,7 @@ from dopant.dialects.qnn_base import (
     check_same_element,
     i64_array,
     ints,
+    is_float,
     shape,
     window_out,
 )
@@ -131,6 +132,12 @@ class AddOp(QnnOp):
                 f"and {list(shape(self.rhs))}."
             )
         check_result_shape(self, shape(self.lhs), self.output)
+        kinds = {is_float(v) for v in (self.lhs, self.rhs, self.output)}
+        if len(kinds) != 1:
+            raise self.fail("operands and result must be all f32 or all integers.")
+        if is_float(self.lhs):
+            check_same_element(self, self.lhs, self.rhs, "the second operand")
+            check_same_element(self, self.lhs, self.output, "the result")
 
 
 class _Pool2DOp(QnnOp):
@@ -147,7 +154,7 @@ class _Pool2DOp(QnnOp):
     def pool_props(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         return ints(self.kernel), ints(self.strides), ints(self.padding)
 
-    def verify_pool(self, dilation: tuple[int, int] = (1, 1)) -> None:
+    def verify_pool(self, dilation: tuple[int, int] = (1, 1), implicit_pad: bool = True) -> None:
         x = shape(self.input)
         if len(x) != 4:
             raise self.fail(f"expects a rank-4 NCHW input, got {list(x)}.")
@@ -156,6 +163,15 @@ class _Pool2DOp(QnnOp):
         check_len(self, "strides", strides, 2, 1)
         check_len(self, "padding", padding, 4, 0)
         top, bottom, left, right = padding
+        if implicit_pad:
+            # torch's rule: no window may lie wholly in implicit padding. Zeros folded from an
+            # explicit F.pad are real input and may be wider.
+            reach = [((k - 1) * d + 1) // 2 for k, d in zip(kernel, dilation, strict=True)]
+            if max(top, bottom) > reach[0] or max(left, right) > reach[1]:
+                raise self.fail(
+                    f"padding {list(padding)} exceeds half the kernel {list(kernel)}; "
+                    "a window would hold padding only."
+                )
         ceil = self.ceil_mode is not None
         expected = (
             x[0],
@@ -212,7 +228,7 @@ class MaxPool2DOp(_Pool2DOp):
     def verify_(self) -> None:
         dilation = ints(self.dilation)
         check_len(self, "dilation", dilation, 2, 1)
-        self.verify_pool((dilation[0], dilation[1]))
+        self.verify_pool((dilation[0], dilation[1]), implicit_pad=self.zero_pad is None)
 
 
 @irdl_op_definition
@@ -252,7 +268,7 @@ class AvgPool2DOp(_Pool2DOp):
         )
 
     def verify_(self) -> None:
-        self.verify_pool()
+        self.verify_pool(implicit_pad=self.count_include_pad is None)
 
 
 @irdl_op_definition

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from xdsl.dialects.builtin import ModuleOp
-from xdsl.ir import Operation, SSAValue
+from xdsl.ir import Attribute, Operation, SSAValue
 from xdsl.irdl import IRDLOperation
 from xdsl.pattern_rewriter import (
     GreedyRewritePatternApplier,
@@ -30,7 +30,7 @@ def rebuild(
     op: IRDLOperation,
     operands: Sequence[SSAValue | None],
     rewriter: PatternRewriter,
-    **changed_properties: object,
+    **changed_properties: Attribute | None,
 ) -> IRDLOperation:
     """Replace `op` by an op of the same kind with new operands (and some properties changed)."""
     properties = {**op.properties, **changed_properties}
