@@ -97,25 +97,46 @@ def option_text(value: object) -> str:
     return str(value)
 
 
+def _convert(pass_name: str, option: str, kind: str, values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Check an option's values against its declared type; 1 is accepted for a float 1.0."""
+    scalar = kind.removeprefix("tuple[").removesuffix(", ...]")
+    if kind == scalar and len(values) != 1:
+        raise PipelineError(
+            f"option '{option}' of pass '{pass_name}' takes one {kind} value, got {len(values)}."
+        )
+    converted = []
+    for v in values:
+        if scalar == "float" and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        wanted = {"int": int, "float": float, "bool": bool, "str": str}.get(scalar)
+        if wanted is not None and (type(v) is not wanted):
+            example = {
+                "bool": "true or false",
+                "int": "an integer such as 4",
+                "float": "a number such as 0.5",
+                "str": 'text such as "name"',
+            }[scalar]
+            raise PipelineError(
+                f"option '{option}' of pass '{pass_name}' takes {example}, got {v!r}."
+            )
+        converted.append(v)
+    return tuple(converted)
+
+
 def _instantiate(spec: ArgSpec) -> ModulePass:
     cls = pass_class(spec.name)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kinds = {name: kind for name, kind, _ in options_of(cls)}
     parameters: dict[str, Any] = {}
     for key, values in spec.parameters.items():
-        name = key.replace("-", "_")
-        if name not in fields:
+        option = key.replace("_", "-")
+        if option not in kinds:
             raise PipelineError(
                 f"pass '{spec.name}' has no option '{key}'; {_describe_options(cls)}."
             )
-        # An integer where a float is expected is the user's 1 meaning 1.0.
-        wants_float = fields[name].type in (float, "float")
-        parameters[key] = tuple(
-            float(v) if wants_float and isinstance(v, int) and not isinstance(v, bool) else v
-            for v in values
-        )
+        parameters[option] = _convert(spec.name, option, kinds[option], tuple(values))
     try:
         return cls.from_pass_spec(ArgSpec(spec.name, parameters))
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError) as error:  # option types _convert does not know
         raise PipelineError(
             f"bad options for pass '{spec.name}': {error}; {_describe_options(cls)}."
         ) from error

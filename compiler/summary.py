@@ -21,6 +21,7 @@ class OpRow:
     out_shape: tuple[int, ...]
     weights: int
     macs: int
+    act: str = ""
 
 
 def macs(op: QnnOp) -> int:
@@ -41,7 +42,9 @@ def op_rows(module: ModuleOp) -> list[OpRow]:
         if not isinstance(op, QnnOp):
             continue
         weights = sum(math.prod(shape(v)) for v in op.operands if isinstance(v.owner, ConstantOp))
-        rows.append(OpRow(op.path.data, op.name, shape(op.results[0]), weights, macs(op)))
+        act = getattr(op, "act", None)
+        fused = str(act).removeprefix("#qnn.act<").removesuffix(">") if act is not None else ""
+        rows.append(OpRow(op.path.data, op.name, shape(op.results[0]), weights, macs(op), fused))
     return rows
 
 
@@ -51,12 +54,16 @@ def op_counts(module: ModuleOp) -> Counter[str]:
 
 def format_table(rows: list[OpRow]) -> str:
     """A fixed-width table with totals, one line per op."""
-    header = f"{'path':<28} {'op':<20} {'output':<18} {'weights':>10} {'MACs':>13}"
+    header = f"{'path':<26} {'op':<20} {'act':<14} {'output':<14} {'weights':>10} {'MACs':>13}"
     lines = [header, "-" * len(header)]
     for r in rows:
         dims = "x".join(map(str, r.out_shape))
-        lines.append(f"{r.path:<28} {r.op:<20} {dims:<18} {r.weights:>10,} {r.macs:>13,}")
+        lines.append(
+            f"{r.path:<26} {r.op:<20} {r.act:<14} {dims:<14} {r.weights:>10,} {r.macs:>13,}"
+        )
     lines.append("-" * len(header))
     total_w, total_m = sum(r.weights for r in rows), sum(r.macs for r in rows)
-    lines.append(f"{'total':<28} {len(rows):<20} {'':<18} {total_w:>10,} {total_m:>13,}")
+    lines.append(
+        f"{'total':<26} {f'{len(rows)} ops':<20} {'':<14} {'':<14} {total_w:>10,} {total_m:>13,}"
+    )
     return "\n".join(lines)

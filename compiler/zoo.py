@@ -249,7 +249,21 @@ class ZooEntry:
         with torch.random.fork_rng():
             torch.manual_seed(0)
             model = self.factory(channels, classes, height, width)
+            _init_convs(model)
         return model.eval()
+
+
+def _init_convs(model: nn.Module) -> None:
+    """He (kaiming) normal init with fan-in for every conv (He et al. 2015).
+
+    torch's default conv init shrinks activations layer by layer, and fan-out (torchvision's
+    choice) counts every channel of a depthwise conv; in an untrained eval-mode MobileNetV2 both
+    leave activations near 1e-5 and the output is the classifier bias alone, useless for checking
+    numerics. Fan-in keeps each layer's output variance near its input's.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
 
 
 ZOO: dict[str, ZooEntry] = {

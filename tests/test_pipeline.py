@@ -140,7 +140,14 @@ def test_pipeline_dumps_ir_after_named_passes_and_times_each_pass() -> None:
             "pass 'fold-batchnorm' has no option 'foo'; its options are "
             "strict (bool, default false)",
         ),
-        ("fold-batchnorm{strict=3}", "bad options for pass 'fold-batchnorm'"),
+        (
+            "fold-batchnorm{strict=3}",
+            "option 'strict' of pass 'fold-batchnorm' takes true or false, got 3",
+        ),
+        (
+            "fold-batchnorm{strict=true,false}",
+            "option 'strict' of pass 'fold-batchnorm' takes one bool value, got 2",
+        ),
         ("fold-batchnorm{strict=true", "cannot parse pipeline 'fold-batchnorm{strict=true'"),
         ("fuse-activation{x=1}", "pass 'fuse-activation' has no option 'x'; it takes no options"),
     ],
