@@ -120,6 +120,7 @@ def test_passes_lists_options_and_summaries(capsys: pytest.CaptureFixture[str]) 
         (["opt", "-", "-p", "fold-batchnorm,tile-everything"], "unknown pass 'tile-everything'"),
     ],
 )
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 def test_bad_input_is_one_line_and_a_nonzero_exit(
     args: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -73,6 +73,7 @@ class PaddedNet(nn.Module):
         return self.avg(F.pad(y, (1, 1, 1, 1)))
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
 def test_explicit_padding_folds_into_the_following_conv_and_pools() -> None:
     module = import_model(PaddedNet(), torch.randn(1, 3, 15, 15))
     conv, same = _ops(module, Conv2DOp)
