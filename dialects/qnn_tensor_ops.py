@@ -39,8 +39,8 @@ from dopant.dialects.qnn_base import (
     ints,
     is_float,
     shape,
-    window_out,
 )
+from dopant.dialects.shapes import window_out
 
 AnyTensor = base(TensorType)
 

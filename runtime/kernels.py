@@ -18,28 +18,11 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from dopant.dialects.shapes import window_out
+
 # im2col copies at most this many elements (8 MiB of float32) per GEMM; larger batches are cut
 # into slices, which measured faster than one big copy on 2 cores (cache-sized blocks).
 _COLS_BUDGET = 1 << 21
-
-
-def window_out(
-    size: int,
-    kernel: int,
-    stride: int,
-    pad_lo: int,
-    pad_hi: int,
-    dilation: int = 1,
-    ceil_mode: bool = False,
-) -> int:
-    """Output length of a sliding window, torch's rule (the same as `qnn_base.window_out`)."""
-    span = size + pad_lo + pad_hi - dilation * (kernel - 1) - 1
-    if span < 0:
-        return 0
-    out = -(-span // stride) + 1 if ceil_mode else span // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + pad_lo:
-        out -= 1
-    return out
 
 
 def _out_hw(

@@ -188,3 +188,17 @@ def test_parse_error_names_file_line_and_column() -> None:
 def test_unknown_op_is_a_parse_error() -> None:
     with pytest.raises(IRError, match=r"^x\.mlir:1:11: Operation qnn\.nope is not registered$"):
         parse_ir('"qnn.nope"() : () -> ()', "x.mlir")
+
+
+def test_window_out_follows_torch_including_ceil_mode() -> None:
+    from dopant.dialects.shapes import window_out
+
+    # conv 3x3, pad 1, stride 2 on 28: floor((28 + 2 - 3) / 2) + 1 = 14
+    assert window_out(28, 3, 2, 1, 1) == 14
+    # ceil: 8 + 0 + 1 - 2 = 7 -> ceil(7 / 2) + 1 = 5, but window 5 would start at 8, in the
+    # bottom padding, so torch drops it: 4.
+    assert window_out(8, 2, 2, 0, 1, ceil_mode=True) == 4
+    # ceil keeps a partial window that starts inside the input: 7 - 2 = 5 -> ceil(2.5) + 1 = 4
+    assert window_out(7, 2, 2, 0, 0, ceil_mode=True) == 4
+    assert window_out(7, 2, 2, 0, 0) == 3
+    assert window_out(2, 5, 1, 0, 0) == 0  # kernel larger than the input

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dopant.dialects.qnn_base import window_out as dialect_window_out
+from dopant.dialects.shapes import window_out
 from dopant.runtime import kernels
 
 FAST = settings(max_examples=150, deadline=None)
@@ -203,8 +203,8 @@ def _loop_pool(
     formulas, generalized to [top, bottom, left, right] padding)."""
     n, c, h, w = x.shape
     top, bottom, left, right = padding
-    ho = dialect_window_out(h, kernel[0], strides[0], top, bottom, 1, ceil_mode)
-    wo = dialect_window_out(w, kernel[1], strides[1], left, right, 1, ceil_mode)
+    ho = window_out(h, kernel[0], strides[0], top, bottom, 1, ceil_mode)
+    wo = window_out(w, kernel[1], strides[1], left, right, 1, ceil_mode)
     out = np.zeros((n, c, ho, wo), np.float64)
     for i in range(ho):
         for j in range(wo):
@@ -296,36 +296,3 @@ def test_ceil_mode_overhang_counts_neither_as_padding_nor_as_a_maximum() -> None
     np.testing.assert_array_equal(ninf[0, 0, 0], [-1.0, -2.0, -4.0, -6.0])
     zero = kernels.max_pool2d(x, (1, 3), (1, 2), (0, 0, 1, 1), (1, 1), True, True)
     np.testing.assert_array_equal(zero[0, 0, 0], [0.0, -2.0, -4.0, 0.0])
-
-
-def test_window_out_agrees_with_the_dialect() -> None:
-    for size in range(1, 9):
-        for kernel in range(1, 5):
-            for stride in range(1, 4):
-                for lo in range(3):
-                    for hi in range(3):
-                        for dil in (1, 2):
-                            for ceil in (False, True):
-                                args = (size, kernel, stride, lo, hi, dil, ceil)
-                                assert kernels.window_out(*args) == dialect_window_out(*args)
-
-
-def test_global_avg_pool_matches_adaptive_avg_pool() -> None:
-    x = randn(0, 3, 5, 7, 6)
-    assert_close(kernels.global_avg_pool(x), F.adaptive_avg_pool2d(t(x), 1))
-
-
-@pytest.mark.parametrize(
-    ("lo", "hi", "torch_op"),
-    [
-        (0.0, math.inf, torch.relu),
-        (0.0, 6.0, F.relu6),
-        (-1.5, 0.25, lambda v: torch.clamp(v, -1.5, 0.25)),
-    ],
-)
-def test_apply_activation_matches_torch_and_keeps_nan(lo: float, hi: float, torch_op) -> None:
-    x = randn(0, 4, 50) * 5
-    x[0, :3] = [np.nan, np.inf, -np.inf]
-    got = kernels.apply_activation(x, lo, hi)
-    assert got.dtype == np.float32
-    np.testing.assert_array_equal(got, torch_op(t(x)).numpy())
