@@ -296,3 +296,24 @@ def test_ceil_mode_overhang_counts_neither_as_padding_nor_as_a_maximum() -> None
     np.testing.assert_array_equal(ninf[0, 0, 0], [-1.0, -2.0, -4.0, -6.0])
     zero = kernels.max_pool2d(x, (1, 3), (1, 2), (0, 0, 1, 1), (1, 1), True, True)
     np.testing.assert_array_equal(zero[0, 0, 0], [0.0, -2.0, -4.0, 0.0])
+
+
+def test_global_avg_pool_matches_adaptive_avg_pool() -> None:
+    x = randn(0, 3, 5, 7, 6)
+    assert_close(kernels.global_avg_pool(x), F.adaptive_avg_pool2d(t(x), 1))
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "torch_op"),
+    [
+        (0.0, math.inf, torch.relu),
+        (0.0, 6.0, F.relu6),
+        (-1.5, 0.25, lambda v: torch.clamp(v, -1.5, 0.25)),
+    ],
+)
+def test_apply_activation_matches_torch_and_keeps_nan(lo: float, hi: float, torch_op) -> None:
+    x = randn(0, 4, 50) * 5
+    x[0, :3] = [np.nan, np.inf, -np.inf]
+    got = kernels.apply_activation(x, lo, hi)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, torch_op(t(x)).numpy())
