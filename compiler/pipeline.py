@@ -28,6 +28,8 @@ from dopant.dialects.qnn import make_context
 _PASSES = {
     "fold-batchnorm": "dopant.passes.fold_batchnorm:FoldBatchNormPass",
     "fuse-activation": "dopant.passes.fuse_activation:FuseActivationPass",
+    "quantize": "dopant.passes.quantize:QuantizePass",
+    "set-batch": "dopant.passes.set_batch:SetBatchPass",
     "cse": "xdsl.transforms.common_subexpression_elimination:CommonSubexpressionElimination",
     "dce": "xdsl.transforms.dead_code_elimination:DeadCodeElimination",
 }

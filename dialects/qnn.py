@@ -13,7 +13,7 @@ from xdsl.dialects.builtin import Builtin
 from xdsl.dialects.func import Func
 from xdsl.ir import Dialect
 
-from dopant.dialects.qnn_attrs import ActivationAttr, QuantParamsAttr
+from dopant.dialects.qnn_attrs import ActivationAttr, CalibrationAttr, QuantParamsAttr
 from dopant.dialects.qnn_base import QnnOp
 from dopant.dialects.qnn_layers import BatchNormOp, ConstantOp, Conv2DOp, LinearOp
 from dopant.dialects.qnn_quant import DequantizeOp, QuantizeOp, RequantizeOp
@@ -34,6 +34,7 @@ __all__ = [
     "AddOp",
     "AvgPool2DOp",
     "BatchNormOp",
+    "CalibrationAttr",
     "ClampOp",
     "ConcatOp",
     "ConstantOp",
@@ -70,7 +71,7 @@ QNN = Dialect(
         DequantizeOp,
         RequantizeOp,
     ],
-    [QuantParamsAttr, ActivationAttr],
+    [QuantParamsAttr, ActivationAttr, CalibrationAttr],
 )
 
 

@@ -19,6 +19,8 @@ from xdsl.parser import AttrParser
 from xdsl.printer import Printer
 from xdsl.utils.exceptions import VerifyException
 
+from dopant.dialects.qnn_base import QnnOp
+
 # Storage widths a quantized tensor may have: 2..8 bits for weights and activations (BitFusion
 # bricks), 32 bits for biases and accumulators.
 QUANT_BITS = (2, 3, 4, 5, 6, 7, 8, 32)
@@ -195,6 +197,18 @@ class QuantParamsAttr(ParametrizedAttribute):
         printer.print_string(f"<{self.element_type}, {axis}scale = [{scales}], zp = [{zps}]>")
 
 
+# Rounding of integer rescaling, part of the bit-exactness contract (METHODS.md): "gemmlowp"
+# rounds twice (SaturatingRoundingDoublingHighMul, then RoundingDivideByPOT), as TFLite's
+# reference kernels do; "single" rounds once on the 64-bit product.
+ROUNDING_MODES = ("gemmlowp", "single")
+
+
+def check_rounding(op: QnnOp, rounding: StringAttr | None) -> None:
+    if rounding is None or rounding.data not in ROUNDING_MODES:
+        given = "none" if rounding is None else f"'{rounding.data}'"
+        raise op.fail(f"rounding {given} is not known; use one of {', '.join(ROUNDING_MODES)}.")
+
+
 ACTIVATIONS = ("relu", "clamp")
 
 
@@ -252,3 +266,74 @@ class ActivationAttr(ParametrizedAttribute):
             printer.print_string("<relu>")
             return
         printer.print_string(f"<clamp {float_text(self.lo.data)}, {float_text(self.hi.data)}>")
+
+
+CALIBRATION_METHODS = ("minmax", "percentile", "mse")
+
+
+@irdl_attr_definition
+class CalibrationAttr(ParametrizedAttribute):
+    """The real range [lo, hi] to quantize a tensor to, per activation bit width.
+
+    `calibrate` records one on each op's result (and each function argument) from sample runs:
+    `#qnn.calib<mse, 8 = [0.0, 3.2], 4 = [0.0, 2.5], 2 = [0.0, 1.4]>`. For min/max all widths
+    share a range; percentile and MSE-optimal clipping pick a tighter one for fewer bits.
+    """
+
+    name = "qnn.calib"
+
+    method: StringAttr = param_def(converter=_string)
+    bits: ArrayAttr[IntAttr] = param_def(converter=_ints)
+    lo: ArrayAttr[FloatData] = param_def(converter=_floats)
+    hi: ArrayAttr[FloatData] = param_def(converter=_floats)
+
+    @staticmethod
+    def get(method: str, ranges: dict[int, tuple[float, float]]) -> CalibrationAttr:
+        widths = sorted(ranges, reverse=True)
+        return CalibrationAttr(
+            StringAttr(method),
+            _ints(widths),
+            _floats([ranges[b][0] for b in widths]),
+            _floats([ranges[b][1] for b in widths]),
+        )
+
+    @property
+    def ranges(self) -> dict[int, tuple[float, float]]:
+        return {
+            b.data: (lo.data, hi.data)
+            for b, lo, hi in zip(self.bits.data, self.lo.data, self.hi.data, strict=True)
+        }
+
+    def verify(self) -> None:
+        if self.method.data not in CALIBRATION_METHODS:
+            raise VerifyException(
+                f"Calibration method '{self.method.data}' is not known; use one of "
+                f"{', '.join(CALIBRATION_METHODS)}."
+            )
+        if not len(self.bits) == len(self.lo) == len(self.hi) >= 1:
+            raise VerifyException("A calibration needs one [lo, hi] range per bit width.")
+        for b, (lo, hi) in self.ranges.items():
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                raise VerifyException(f"Calibration range [{lo}, {hi}] for {b} bits is invalid.")
+
+    @classmethod
+    def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
+        ranges: dict[int, tuple[float, float]] = {}
+        with parser.in_angle_brackets():
+            method = parser.parse_identifier()
+            while parser.parse_optional_punctuation(",") is not None:
+                bits = parser.parse_integer(allow_negative=False)
+                parser.parse_punctuation("=")
+                parser.parse_punctuation("[")
+                lo = _parse_number(parser)
+                parser.parse_punctuation(",")
+                hi = _parse_number(parser)
+                parser.parse_punctuation("]")
+                ranges[bits] = (lo, hi)
+        return CalibrationAttr.get(method, ranges).parameters
+
+    def print_parameters(self, printer: Printer) -> None:
+        ranges = ", ".join(
+            f"{b} = [{float_text(lo)}, {float_text(hi)}]" for b, (lo, hi) in self.ranges.items()
+        )
+        printer.print_string(f"<{self.method.data}, {ranges}>")

@@ -44,7 +44,7 @@ from xdsl.irdl import (
 from xdsl.traits import ConstantLike, Pure
 from xdsl.utils.exceptions import VerifyException
 
-from dopant.dialects.qnn_attrs import ActivationAttr
+from dopant.dialects.qnn_attrs import ActivationAttr, QuantParamsAttr
 from dopant.dialects.qnn_base import (
     QnnOp,
     check_len,
@@ -103,36 +103,72 @@ def to_numpy(attr: DenseIntOrFPElementsAttr) -> np.ndarray:
 class ConstantOp(IRDLOperation):
     """A constant tensor: weights, biases and batch-norm statistics.
 
-    `value` holds the data, `path` (optional) names the torch parameter it came from.
+    `value` holds the data; `params` (optional) are the quantization parameters of an integer
+    constant (per output channel for weights); `path` (optional) names the torch parameter.
     """
 
     name = "qnn.constant"
     T: ClassVar = VarConstraint("T", AnyAttr())
     value = prop_def(ParamAttrConstraint(DenseIntOrFPElementsAttr, (T, AnyAttr())))
+    params = opt_prop_def(QuantParamsAttr)
     path = opt_prop_def(StringAttr)
     result = result_def(T)
     traits = traits_def(Pure(), ConstantLike())
-    assembly_format = "$value (`at` $path^)? attr-dict"
+    assembly_format = "$value (`params` $params^)? (`at` $path^)? attr-dict"
 
-    def __init__(self, value: DenseIntOrFPElementsAttr, path: str | None = None):
-        props: dict[str, Attribute | None] = {"value": value}
+    def __init__(
+        self,
+        value: DenseIntOrFPElementsAttr,
+        path: str | None = None,
+        params: QuantParamsAttr | None = None,
+    ):
+        props: dict[str, Attribute | None] = {"value": value, "params": params}
         props["path"] = StringAttr(path) if path is not None else None
         super().__init__(properties=props, result_types=[value.type])
 
     @staticmethod
-    def of(array: np.ndarray, path: str | None = None, elem: Attribute = f32) -> ConstantOp:
+    def of(
+        array: np.ndarray,
+        path: str | None = None,
+        elem: Attribute = f32,
+        params: QuantParamsAttr | None = None,
+    ) -> ConstantOp:
         """A constant holding `array`, its SSA name taken from `path` (`conv1.weight` ->
         `%conv1_weight`)."""
-        op = ConstantOp(dense(array, elem), path)
+        op = ConstantOp(dense(array, elem), path, params)
         if path:
             op.result.name_hint = ssa_name(path)
         return op
 
+    @staticmethod
+    def quantized(array: np.ndarray, params: QuantParamsAttr, path: str | None) -> ConstantOp:
+        """An integer constant stored in the type its parameters name (si8, ui4, si32, ...)."""
+        return ConstantOp.of(array, path, params.element_type, params)
+
     def numpy(self) -> np.ndarray:
         return to_numpy(self.value)
 
+    def _fail(self, message: str) -> VerifyException:
+        where = f' at "{self.path.data}"' if self.path else ""
+        return VerifyException(f"qnn.constant{where}: {message}")
+
     def verify_(self) -> None:
         elem = self.value.get_element_type()
+        if self.params is not None:
+            dims = tuple(self.value.get_shape())
+            if elem != self.params.element_type:
+                raise self._fail(
+                    f"the element type {elem} does not match the parameters' "
+                    f"{self.params.element_type}."
+                )
+            axis = self.params.axis.data
+            if self.params.is_per_channel and (
+                axis >= len(dims) or len(self.params.scale) != dims[axis]
+            ):
+                raise self._fail(
+                    f"per-channel parameters along axis {axis} give "
+                    f"{len(self.params.scale)} scales for shape {list(dims)}."
+                )
         if not isinstance(elem, IntegerType) or elem.width.data >= 8:
             return
         # Sub-byte values are stored a byte each, so the type does not bound them by itself.
@@ -140,10 +176,9 @@ class ConstantOp(IRDLOperation):
         bits, signed = elem.width.data, elem.signedness.data != Signedness.UNSIGNED
         lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
         if values.size and (values.min() < lo or values.max() > hi):
-            where = f' at "{self.path.data}"' if self.path else ""
-            raise VerifyException(
-                f"qnn.constant{where}: values span [{values.min()}, {values.max()}], outside "
-                f"the range [{lo}, {hi}] of {elem}."
+            raise self._fail(
+                f"values span [{values.min()}, {values.max()}], outside the range "
+                f"[{lo}, {hi}] of {elem}."
             )
 
 
@@ -159,6 +194,11 @@ def _check_layer_types(
     for value, what in ((x, "input"), (w, "weight")):
         if is_float(value):
             raise op.fail(f"the {what} is f32 but the layer is an integer layer.")
+    if getattr(op, "act", None) is not None:
+        raise op.fail(
+            "an integer layer's accumulator takes no activation; fuse it into the "
+            "qnn.requantize that follows."
+        )
     for value, what in ((b, "bias"), (out, "result")):
         if value is not None and element(value) != ACC_TYPE:
             raise op.fail(f"an integer layer's {what} must be {ACC_TYPE} (the accumulator).")

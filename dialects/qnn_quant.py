@@ -15,15 +15,10 @@ from xdsl.irdl import (
 )
 from xdsl.traits import Pure
 
-from dopant.dialects.qnn_attrs import ActivationAttr, QuantParamsAttr
+from dopant.dialects.qnn_attrs import ActivationAttr, QuantParamsAttr, check_rounding
 from dopant.dialects.qnn_base import QnnOp, element, is_float, is_int, shape, with_shape
 
 AnyTensor = base(TensorType)
-
-# Rounding of the integer requantization, part of the bit-exactness contract (METHODS.md):
-# "gemmlowp" rounds twice (SaturatingRoundingDoublingHighMul, then RoundingDivideByPOT), as
-# TFLite's reference kernels do; "single" rounds once on the 64-bit product.
-ROUNDING_MODES = ("gemmlowp", "single")
 
 
 def _check_params(op: QnnOp, params: QuantParamsAttr, value: SSAValue, what: str) -> None:
@@ -152,11 +147,7 @@ class RequantizeOp(QnnOp):
             raise self.fail(f"the input must be an integer tensor, got {element(self.input)}.")
         if shape(self.input) != shape(self.output):
             raise self.fail("the result must have the shape of the input.")
-        if self.rounding.data not in ROUNDING_MODES:
-            raise self.fail(
-                f"rounding '{self.rounding.data}' is not known; use one of "
-                f"{', '.join(ROUNDING_MODES)}."
-            )
+        check_rounding(self, self.rounding)
         _check_storage(self, self.in_params, self.input, "input")
         _check_storage(self, self.out_params, self.output, "result")
         _check_params(self, self.in_params, self.input, "the input")

@@ -29,16 +29,18 @@ from xdsl.irdl import (
 )
 from xdsl.traits import Pure
 
-from dopant.dialects.qnn_attrs import ActivationAttr
+from dopant.dialects.qnn_attrs import ActivationAttr, QuantParamsAttr, check_rounding
 from dopant.dialects.qnn_base import (
     QnnOp,
     check_len,
     check_result_shape,
     check_same_element,
+    element,
     i64_array,
     ints,
     is_float,
     shape,
+    with_shape,
 )
 from dopant.dialects.shapes import window_out
 
@@ -94,20 +96,36 @@ class ClampOp(QnnOp):
         lo, hi = self.bounds
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise self.fail(f"the bounds [{lo}, {hi}] must be finite with min below max.")
+        if not is_float(self.input):
+            raise self.fail(
+                "clamping integers needs their scale; use a qnn.requantize with an "
+                "activation instead."
+            )
 
 
 @irdl_op_definition
 class AddOp(QnnOp):
-    """Elementwise sum of two same-shape tensors (a residual add), with a fused activation."""
+    """Elementwise sum of two same-shape tensors (a residual add), with a fused activation.
+
+    Float: lhs + rhs. Integer: both operands are rescaled to the result's scale and summed,
+    q = clamp(zp_out + rq(lhs - zp_lhs, S_lhs / S_out) + rq(rhs - zp_rhs, S_rhs / S_out)), each
+    rq an integer multiply-and-shift with `rounding` (HAWQ-V3's dyadic residual add); the
+    parameters of both operands and of the result are then required.
+    """
 
     name = "qnn.add"
     lhs = operand_def(AnyTensor)
     rhs = operand_def(AnyTensor)
     output = result_def(AnyTensor)
+    lhs_params = opt_prop_def(QuantParamsAttr)
+    rhs_params = opt_prop_def(QuantParamsAttr)
+    out_params = opt_prop_def(QuantParamsAttr)
+    rounding = opt_prop_def(StringAttr)
     act = opt_prop_def(ActivationAttr)
     traits = traits_def(Pure())
     assembly_format = (
-        "$lhs `,` $rhs (`act` $act^)? `at` $path attr-dict `:` functional-type(operands, results)"
+        "$lhs `,` $rhs (`from` $lhs_params^ `,` $rhs_params `to` $out_params `rounding` "
+        "$rounding)? (`act` $act^)? `at` $path attr-dict `:` functional-type(operands, results)"
     )
 
     def __init__(
@@ -116,14 +134,32 @@ class AddOp(QnnOp):
         rhs: SSAValue,
         *,
         path: str,
-        result_type: Attribute | None = None,
         act: ActivationAttr | None = None,
+        params: tuple[QuantParamsAttr, QuantParamsAttr, QuantParamsAttr] | None = None,
+        rounding: str = "gemmlowp",
     ):
+        lhs_params, rhs_params, out_params = params or (None, None, None)
+        result_type = (
+            lhs.type if out_params is None else with_shape(lhs, shape(lhs), out_params.element_type)
+        )
         super().__init__(
             operands=[lhs, rhs],
-            result_types=[result_type or lhs.type],
-            properties={"path": StringAttr(path), "act": act},
+            result_types=[result_type],
+            properties={
+                "path": StringAttr(path),
+                "act": act,
+                "lhs_params": lhs_params,
+                "rhs_params": rhs_params,
+                "out_params": out_params,
+                "rounding": StringAttr(rounding) if params else None,
+            },
         )
+
+    @property
+    def params(self) -> tuple[QuantParamsAttr, QuantParamsAttr, QuantParamsAttr] | None:
+        if self.lhs_params is None or self.rhs_params is None or self.out_params is None:
+            return None
+        return self.lhs_params, self.rhs_params, self.out_params
 
     def verify_(self) -> None:
         if shape(self.lhs) != shape(self.rhs):
@@ -138,6 +174,26 @@ class AddOp(QnnOp):
         if is_float(self.lhs):
             check_same_element(self, self.lhs, self.rhs, "the second operand")
             check_same_element(self, self.lhs, self.output, "the result")
+            if self.params is not None:
+                raise self.fail("a float add takes no quantization parameters.")
+            return
+        params = self.params
+        if params is None:
+            raise self.fail(
+                "an integer add needs the parameters of both operands and the "
+                "result (`from <lhs>, <rhs> to <out> rounding ...`)."
+            )
+        for p, value, what in zip(
+            params, (self.lhs, self.rhs, self.output), ("lhs", "rhs", "result"), strict=True
+        ):
+            if p.is_per_channel:
+                raise self.fail(f"the {what} parameters must be per tensor.")
+            if element(value) != p.element_type:
+                raise self.fail(
+                    f"the {what} has element type {element(value)} but its "
+                    f"parameters say {p.element_type}."
+                )
+        check_rounding(self, self.rounding)
 
 
 class _Pool2DOp(QnnOp):

@@ -178,6 +178,42 @@ def requantize(
     return np.clip(y, per(_ints("qmin", qmin)), per(_ints("qmax", qmax)))
 
 
+# Operands of an integer add are shifted left this many bits before rescaling, so each
+# operand's rescale keeps 20 fractional bits and only the final sum is rounded (TFLite's int8
+# ADD uses left_shift = 20: |q| < 2^8 leaves |q| * 2^20 < 2^28 inside int32).
+ADD_LEFT_SHIFT = 20
+
+
+def add_rescaled(
+    lhs: ArrayLike,
+    rhs: ArrayLike,
+    zps: tuple[int, int, int],
+    lhs_multiplier: tuple[ArrayLike, ArrayLike],
+    rhs_multiplier: tuple[ArrayLike, ArrayLike],
+    qmin: ArrayLike,
+    qmax: ArrayLike,
+    rounding: str = "gemmlowp",
+) -> np.ndarray:
+    """The integer residual add, rounded once:
+
+        q = clamp(zp_out + RoundingDivideByPOT(rq(lhs') + rq(rhs'), 20), qmin, qmax)
+
+    where x' = (x - zp_x) * 2^20 and rq multiplies by (M0, shift) = quantize_multiplier(S_x /
+    S_out) with `rounding` (TFLite's int8 ADD). Operands must have at most 8 bits (plus sign).
+    Example: lhs 10 at S 0.1, rhs 7 at S 0.2, out S 0.3: 10/3 + 14/3 = 8.0 -> 8 (rounding each
+    operand first would give 3 + 5 or, with gemmlowp's double rounding, 4 + 5).
+    """
+    zp_lhs, zp_rhs, zp_out = zps
+    limit = 1 << (31 - ADD_LEFT_SHIFT)  # keeps x * 2^20 inside int32
+    a = _ints("lhs", lhs, -limit, limit - 1) - zp_lhs
+    b = _ints("rhs", rhs, -limit, limit - 1) - zp_rhs
+    wide = multiply_by_quantized_multiplier(
+        a << ADD_LEFT_SHIFT, *lhs_multiplier, rounding
+    ) + multiply_by_quantized_multiplier(b << ADD_LEFT_SHIFT, *rhs_multiplier, rounding)
+    total = rounding_divide_by_pot(np.clip(wide, INT32_MIN, INT32_MAX), ADD_LEFT_SHIFT)
+    return np.clip(total + zp_out, qmin, qmax)
+
+
 def quantize(
     x: ArrayLike,
     scale: ArrayLike,

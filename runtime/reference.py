@@ -103,16 +103,25 @@ def _fit(op: qnn.QnnOp, value: np.ndarray) -> np.ndarray:
 
 
 def _clamp(y: np.ndarray, act: qnn.ActivationAttr | tuple[float, float] | None) -> np.ndarray:
-    """`y` clamped to real bounds (a fused activation); exact integers clip to
-    [ceil(lo), floor(hi)]."""
+    """`y` clamped to real bounds (a fused activation or a relu). On integers (zero point 0)
+    only a relu exists, max(q, 0): other integer clamps are requantizes (verifiers ensure it)."""
     if act is None:
         return y
     lo, hi = act.bounds if isinstance(act, qnn.ActivationAttr) else act
     if not _is_int(y):
         return kernels.apply_activation(y, lo, hi)
-    low = math.ceil(lo) if math.isfinite(lo) else None
-    high = math.floor(hi) if math.isfinite(hi) else None
-    return np.clip(y.astype(np.int64), low, high)
+    assert (lo, hi) == (0.0, math.inf), "integer clamps other than relu do not verify"
+    return np.maximum(y.astype(np.int64), 0)
+
+
+def _activation_bounds(
+    act: qnn.ActivationAttr | None, out: qnn.QuantParamsAttr
+) -> tuple[np.ndarray, np.ndarray]:
+    """The integer output range: the storage type's, narrowed by a fused activation."""
+    if act is None:
+        return np.asarray(out.qmin, np.int64), np.asarray(out.qmax, np.int64)
+    scales, zps, _ = _params(out)
+    return intops.activation_range(*act.bounds, scales, zps, out.qmin, out.qmax)
 
 
 def _integer_layer(
@@ -205,14 +214,23 @@ class QnnFunctions(InterpreterFunctions):
     @_guarded
     def run_add(self, interp: Interpreter, op: qnn.AddOp, args: PythonValues) -> Any:
         lhs, rhs = args
-        if _is_int(lhs) != _is_int(rhs) or _is_int(lhs) != isinstance(_element(op), IntegerType):
-            raise ExecutionError(
-                f"{op.where}: adds {lhs.dtype} and {rhs.dtype} into {_element(op)}; operands "
-                "and result must be all float or all integer."
-            )
-        if _is_int(lhs):
-            lhs, rhs = lhs.astype(np.int64), rhs.astype(np.int64)
-        return (_fit(op, _clamp(lhs + rhs, op.act)),)
+        params = op.params
+        if params is None:
+            return (_clamp(lhs + rhs, op.act),)
+        (s_l, z_l, _), (s_r, z_r, _), (s_o, z_o, _) = (_params(p) for p in params)
+        q_lo, q_hi = _activation_bounds(op.act, params[2])
+        assert op.rounding is not None, "integer adds verify with a rounding"
+        q = intops.add_rescaled(
+            lhs,
+            rhs,
+            (int(z_l[0]), int(z_r[0]), int(z_o[0])),
+            intops.quantize_multipliers(s_l / s_o),
+            intops.quantize_multipliers(s_r / s_o),
+            q_lo,
+            q_hi,
+            op.rounding.data,
+        )
+        return (q.astype(numpy_dtype(params[2].element_type)),)
 
     @impl(qnn.MaxPool2DOp)
     @_guarded
@@ -286,9 +304,7 @@ class QnnFunctions(InterpreterFunctions):
         axis = axis_in if axis_in is not None else axis_out
         m0, shift = intops.quantize_multipliers(s_in / s_out)
         out = op.out_params
-        q_lo, q_hi = np.asarray(out.qmin, np.int64), np.asarray(out.qmax, np.int64)
-        if op.act is not None:
-            q_lo, q_hi = intops.activation_range(*op.act.bounds, s_out, z_out, out.qmin, out.qmax)
+        q_lo, q_hi = _activation_bounds(op.act, out)
         q = intops.requantize(args[0], z_in, z_out, m0, shift, q_lo, q_hi, op.rounding.data, axis)
         return (q.astype(numpy_dtype(out.element_type)),)
 

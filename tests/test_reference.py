@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.parser import Parser
+from xdsl.utils.exceptions import VerifyException
 
 from dopant.dialects.errors import ExecutionError, InputError
 from dopant.dialects.qnn import make_context
@@ -245,7 +246,7 @@ def _int_conv_module(bias: np.ndarray, w: np.ndarray, act: str = "") -> ModuleOp
 def test_integer_conv_is_the_exact_integer_sum_plus_bias() -> None:
     bias = np.array([1000, -1000, 0, 123456], np.int32)
     w = RNG.integers(-128, 128, size=(4, 3, 3, 3)).astype(np.int8)
-    module = _int_conv_module(bias, w, "act <relu> ")
+    module = _int_conv_module(bias, w)
     x = RNG.integers(-128, 128, size=(2, 6, 7, 7)).astype(np.int8)
     (y,) = run(module, x)
     # float64 torch conv of int8 values is exact (|sum| < 27 * 128 * 128 < 2^53).
@@ -253,7 +254,7 @@ def test_integer_conv_is_the_exact_integer_sum_plus_bias() -> None:
         t(x.astype(np.float64)), t(w.astype(np.float64)), t(bias.astype(np.float64)), 2, 1, 1, 2
     )
     assert y.dtype == np.int32
-    np.testing.assert_array_equal(y, np.maximum(ref.numpy(), 0).astype(np.int32))
+    np.testing.assert_array_equal(y, ref.numpy().astype(np.int32))
 
 
 def test_integer_overflow_names_the_op_and_carries_no_module_dump() -> None:
@@ -273,35 +274,32 @@ def test_integer_overflow_names_the_op_and_carries_no_module_dump() -> None:
     assert not getattr(info.value, "__notes__", None)
 
 
-def test_integer_linear_add_and_pools_follow_the_exact_integer_contract() -> None:
+def test_integer_linear_relu_and_pools_follow_the_exact_integer_contract() -> None:
     x = np.array([[3, -4, 5], [-1, 2, -7]], np.int8)
     w = np.array([[1, 2, 3], [-2, 0, 1]], np.int8)
     h, a, p = ty((2, 3), "si8"), ty((1, 1, 2, 2), "si32"), ty((1, 1, 1, 1), "si32")
     text = func(
-        f"%x: {h}, %z: {a}",
+        f"%x: {h}",
         p,
         [
             const("w", w, "si8"),
-            f'%l = qnn.linear %x, %w act <relu> at "fc" : ({h}, {h}) -> {ty((2, 2), "si32")}',
+            f'%l = qnn.linear %x, %w at "fc" : ({h}, {h}) -> {ty((2, 2), "si32")}',
             f'%r = qnn.reshape %l at "view" : {ty((2, 2), "si32")} -> {a}',
-            f'%s = qnn.add %r, %z at "add" : ({a}, {a}) -> {a}',
+            f'%s = qnn.relu %r at "relu" : {a}',
             f"%m = qnn.max_pool2d %s kernel [2, 2] stride [1, 1] pad [0, 1, 0, 1] "
             f'dilation [1, 1] at "mp" : {a} -> {a}',
             f'%y = qnn.global_avg_pool %m at "gap" : {a} -> {p}',
         ],
     )
-    z = np.array([[[[0, -10], [7, 1]]]], np.int32)
-    values = trace(parse(text), x, z)
-    # fc: [3 - 8 + 15, -6 + 0 + 5] = [10, -1] -> relu [10, 0];
-    # [-1 + 4 - 21, 2 + 0 - 7] = [-18, -5] -> [0, 0].
-    assert values["fc"].dtype == np.int32 and values["fc"].tolist() == [[10, 0], [0, 0]]
-    # add: [[10 + 0, 0 - 10], [0 + 7, 0 + 1]].
-    assert values["add"].tolist() == [[[[10, -10], [7, 1]]]]
+    values = trace(parse(text), x)
+    # fc: [3 - 8 + 15, -6 + 0 + 5] = [10, -1]; [-1 + 4 - 21, 2 + 0 - 7] = [-18, -5].
+    assert values["fc"].dtype == np.int32 and values["fc"].tolist() == [[10, -1], [-18, -5]]
+    assert values["relu"].tolist() == [[[[10, 0], [0, 0]]]]
     # 2x2 max pool over int32-minimum padding at the bottom and right:
-    # max(10, -10, 7, 1) = 10, max(-10, 1) = 1, max(7, 1) = 7, 1.
-    assert values["mp"].tolist() == [[[[10, 1], [7, 1]]]]
-    # global average: 19 / 4 = 4.75 -> 5.
-    assert values["gap"].tolist() == [[[[5]]]]
+    # max(10, 0, 0, 0) = 10, max(0, 0) = 0, max(0, 0) = 0, 0.
+    assert values["mp"].tolist() == [[[[10, 0], [0, 0]]]]
+    # global average: 10 / 4 = 2.5 -> 3 (ties away from zero).
+    assert values["gap"].tolist() == [[[[3]]]]
 
 
 def test_integer_avg_pool_rounds_half_away_from_zero() -> None:
@@ -319,16 +317,29 @@ def test_integer_avg_pool_rounds_half_away_from_zero() -> None:
     assert run(parse(text), x)[0].tolist() == [[[[1, -2]]]]
 
 
-def test_integer_add_that_overflows_its_type_is_an_error() -> None:
-    s = ty((2,), "si8")
-    text = func(f"%a: {s}, %b: {s}", s, [f'%y = qnn.add %a, %b at "block.add" : ({s}, {s}) -> {s}'])
-    a = np.array([100, 1], np.int8)
-    with pytest.raises(
-        ExecutionError,
-        match=r'^qnn.add at "block.add": the integer result spans '
-        r"\[2, 200\], which does not fit si8 \[-128, 127\]",
-    ):
-        run(parse(text), a, a)
+def test_integer_add_rescales_both_operands_and_saturates() -> None:
+    s8 = ty((3,), "si8")
+    text = func(
+        f"%a: {s8}, %b: {s8}",
+        s8,
+        [
+            "%y = qnn.add %a, %b from <si8, scale = [0.1], zp = [0]>, "
+            "<si8, scale = [0.2], zp = [0]> to <si8, scale = [0.3], zp = [0]> "
+            f'rounding "gemmlowp" at "block.add" : ({s8}, {s8}) -> {s8}'
+        ],
+    )
+    a = np.array([10, -10, 127], np.int8)
+    b = np.array([7, -8, 127], np.int8)
+    # 10 * 0.1 + 7 * 0.2 = 2.4 = 8 * 0.3; -1.0 - 1.6 = -2.6 -> -8.67 -> -9;
+    # 12.7 + 25.4 = 38.1 -> 127 (saturated at the si8 maximum).
+    assert run(parse(text), a, b)[0].tolist() == [8, -9, 127]
+
+
+def test_integer_add_without_parameters_does_not_verify() -> None:
+    s8 = ty((2,), "si8")
+    text = func(f"%a: {s8}, %b: {s8}", s8, [f'%y = qnn.add %a, %b at "add" : ({s8}, {s8}) -> {s8}'])
+    with pytest.raises(VerifyException, match="an integer add needs the parameters"):
+        parse(text)
 
 
 SIMPLE = func(

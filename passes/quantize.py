@@ -1,0 +1,130 @@
+"""`quantize`: turn calibrated float `qnn` IR into integer-only `qnn` IR."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import ModuleOp, StringAttr
+from xdsl.dialects.func import FuncOp
+from xdsl.passes import ModulePass
+
+from dopant.dialects.errors import DopantError
+from dopant.dialects.qnn import BatchNormOp, CalibrationAttr, QnnOp
+from dopant.dialects.qnn_attrs import ROUNDING_MODES
+from dopant.dialects.qnn_base import is_float
+from dopant.passes.quantize_lower import Lowering, replace_body
+from dopant.passes.quantize_numerics import WEIGHT_CLIPS
+from dopant.passes.quantize_plan import (
+    activation_plan,
+    arg_calibration,
+    check_bits,
+    layer_bits,
+    value_bits,
+)
+
+
+def _forward(module: ModuleOp) -> FuncOp:
+    for op in module.walk():
+        if isinstance(op, FuncOp) and op.sym_name.data == "forward":
+            return op
+    raise DopantError("quantize needs a @forward function.")
+
+
+def _check_ready(fn: FuncOp) -> None:
+    """Float IR with folded batch norms and a calibrated range on every op and the input."""
+    if len(fn.body.block.args) != 1:
+        raise DopantError("quantize supports a @forward with exactly one input.")
+    ops = [op for op in fn.body.walk() if isinstance(op, QnnOp)]
+    integer = [op.where for op in ops if not is_float(op.results[0])]
+    if integer:
+        raise DopantError(f"the IR is already integer ({integer[0]}); quantize runs on float IR.")
+    norms = [f'"{op.path.data}"' for op in ops if isinstance(op, BatchNormOp)]
+    if norms:
+        raise DopantError(
+            f"batch norms remain ({', '.join(norms)}); run fold-batchnorm before quantize."
+        )
+    missing = [
+        f'"{op.path.data}"'
+        for op in ops
+        if not isinstance(op.attributes.get("calib"), CalibrationAttr)
+    ]
+    if arg_calibration(fn) is None:
+        missing.insert(0, "the input")
+    if missing:
+        shown = ", ".join(missing[:8]) + (
+            f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+        )
+        raise DopantError(
+            f"{len(missing)} value(s) have no calibrated range: {shown}; run `dopant calibrate` "
+            "(or calibrate() in Python) on sample data first."
+        )
+
+
+@dataclass(frozen=True)
+class QuantizePass(ModulePass):
+    """Quantize calibrated float IR to integer-only arithmetic (Jacob et al., CVPR 2018).
+
+    Expects: float `qnn` IR with batch norms folded (`fold-batchnorm`), activations fused
+    (`fuse-activation`, optional but saves requantizations) and a `#qnn.calib` range on every op
+    and on the input (`calibrate`).
+    Guarantees: weights symmetric per output channel (`per-channel`) at `weight-bits`, optionally
+    MSE-clipped (`weight-clip=mse`); activations per tensor at `act-bits`, unsigned after a ReLU,
+    zero point 0; int32 biases at S_x * S_w; conv/linear accumulate in si32 and a
+    `qnn.requantize` (path "<layer>/requantize", `rounding`) rescales with the fused activation
+    folded into its clamp; residual adds rescale both operands; pools, reshapes and concats run
+    on integers. Between the input `qnn.quantize` and the output `qnn.dequantize` no float
+    arithmetic remains. `first-last-bits` (0 = off) and `overrides` (`conv1=w8a8`, `fc=w8`,
+    `layer1.0.conv1=a4`, by torch module path) set bits per layer for mixed precision.
+    Fails: on unsupported widths (2, 4 and 8 bits exist), an unknown rounding or weight clip,
+    an override naming no layer, missing calibration ranges (naming the ops), remaining batch
+    norms, or IR that is already integer.
+    """
+
+    name = "quantize"
+    weight_bits: int = 8
+    act_bits: int = 8
+    per_channel: bool = True
+    rounding: str = "gemmlowp"
+    weight_clip: str = "minmax"
+    first_last_bits: int = 0
+    output_bits: int = 8
+    overrides: tuple[str, ...] = ()
+
+    def _check_options(self) -> None:
+        check_bits("weight-bits", self.weight_bits)
+        check_bits("act-bits", self.act_bits)
+        check_bits("output-bits", self.output_bits)
+        if self.first_last_bits:
+            check_bits("first-last-bits", self.first_last_bits)
+        if self.rounding not in ROUNDING_MODES:
+            raise DopantError(
+                f"rounding '{self.rounding}' is not known; use one of {', '.join(ROUNDING_MODES)}."
+            )
+        if self.weight_clip not in WEIGHT_CLIPS:
+            raise DopantError(
+                f"weight-clip '{self.weight_clip}' is not known; use one of "
+                f"{', '.join(WEIGHT_CLIPS)}."
+            )
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        self._check_options()
+        fn = _forward(op)
+        _check_ready(fn)
+        layers = layer_bits(
+            fn, self.weight_bits, self.act_bits, self.first_last_bits, self.overrides
+        )
+        bits = value_bits(fn, layers, self.act_bits, self.output_bits)
+        params = activation_plan(fn, bits, self.act_bits)
+        lowering = Lowering(params, layers, self.per_channel, self.weight_clip, self.rounding)
+        replace_body(fn, lowering.lower(fn))
+        fn.arg_attrs = None
+        op.attributes["qnn.quantized"] = StringAttr(self.description())
+
+    def description(self) -> str:
+        """The options as pipeline text, recorded on the module (`weight-bits=4 act-bits=8 ...`)."""
+        options = []
+        for name, value in vars(self).items():
+            text = ",".join(value) if isinstance(value, tuple) else str(value).lower()
+            options.append(f"{name.replace('_', '-')}={text or '()'}")
+        return " ".join(options)
