@@ -22,12 +22,11 @@ import numpy as np
 from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, ModuleOp, StringAttr, TensorType
 from xdsl.dialects.func import FuncOp
 
-from dopant.compiler.pipeline import run_pipeline
+from dopant.compiler.evaluate import BatchedRunner
 from dopant.dialects.errors import InputError
 from dopant.dialects.qnn import CalibrationAttr, QnnOp
 from dopant.dialects.qnn_attrs import CALIBRATION_METHODS
 from dopant.dialects.qnn_base import is_float
-from dopant.runtime import reference
 
 ACT_BITS = (8, 4, 2)  # the activation widths quantize offers (BitFusion bricks)
 HISTOGRAM_BINS = 2048  # over [0, max |x|]; TensorRT's entropy calibrator uses 2048 as well
@@ -180,13 +179,10 @@ def calibrate(
     keys = _op_keys(module)
     stats = {key: _Stats() for key, _ in [(INPUT, None), *keys]}
     passes = ["range"] if method == "minmax" else ["range", "histogram"]
-    batched: dict[int, ModuleOp] = {}
+    runner = BatchedRunner(module, batch_size)
     for kind in passes:
         for chunk in _chunks(data, batch_size):
-            if len(chunk) not in batched:
-                batched[len(chunk)] = module.clone()
-                run_pipeline(batched[len(chunk)], f"set-batch{{size={len(chunk)}}}")
-            values = {INPUT: chunk, **reference.trace(batched[len(chunk)], chunk)}
+            values = {INPUT: chunk, **runner.trace(chunk)}
             for key, value in values.items():
                 target = stats[key]
                 (target.observe_range if kind == "range" else target.observe_histogram)(value)
@@ -204,12 +200,3 @@ def calibrate(
 def _with_arg_calib(fn: FuncOp, calib: CalibrationAttr) -> ArrayAttr[DictionaryAttr]:
     old = fn.arg_attrs.data[0].data if fn.arg_attrs is not None else {}
     return ArrayAttr([DictionaryAttr({**old, "qnn.calib": calib})])
-
-
-def input_calibration(module: ModuleOp) -> CalibrationAttr | None:
-    """The calibration recorded on `@forward`'s argument, if any."""
-    fn = _forward(module)
-    if fn.arg_attrs is None:
-        return None
-    calib = fn.arg_attrs.data[0].data.get("qnn.calib")
-    return calib if isinstance(calib, CalibrationAttr) else None

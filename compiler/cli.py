@@ -2,7 +2,9 @@
 
 dopant import zoo:resnet8 -o net.mlir
 dopant opt net.mlir -p 'fold-batchnorm,fuse-activation' --time-passes -o out.mlir
-dopant passes | dopant ops | dopant zoo | dopant demo
+dopant quantize net.mlir --calibration sample --weight-bits 4 -o q.mlir
+    dopant eval q.mlir
+    dopant passes | dopant ops | dopant zoo | dopant demo
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import argparse
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
+from dopant.compiler import cli_quantize
 from dopant.dialects.errors import DopantError
 
 
@@ -23,6 +27,15 @@ def _cmd_import(args: argparse.Namespace) -> None:
     shape = parse_shape(args.input_shape) if args.input_shape else None
     loaded = load_model(args.model, shape)
     module = import_model(loaded.model, loaded.example_input)
+    if args.calibration:
+        from dopant.compiler.calibrate import calibrate
+        from dopant.compiler.cli_quantize import calibration_data
+        from dopant.compiler.pipeline import run_pipeline
+        from dopant.compiler.quantization import CANONICAL
+
+        data = calibration_data(args.calibration, module)
+        run_pipeline(module, CANONICAL)
+        calibrate(module, data, args.method, percentile=args.percentile)
     write_ir(module, args.output, args.generic)
 
 
@@ -78,8 +91,15 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     demo(args.model)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line, like every other dopant error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dopant", description="Compile PyTorch models for a modeled systolic array."
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -97,6 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", help="input shape such as 1,3,32,32 (zoo models have one)")
     p.add_argument("-o", "--output", help="output .mlir file (default: standard output)")
     p.add_argument("--generic", action="store_true", help="print the generic op form")
+    p.add_argument("--calibration", help="also fold, fuse and calibrate on 'sample' or a .npz")
+    cli_quantize.add_calibration_options(p)
 
     p = command("opt", _cmd_opt, "run a pass pipeline on qnn IR")
     p.add_argument("input", help="input .mlir file, or - for standard input")
@@ -110,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip verification between passes")
     p.add_argument("--generic", action="store_true", help="print the generic op form")
 
+    cli_quantize.register(command)
     command("passes", _cmd_passes, "list passes with their options")
     command("ops", _cmd_ops, "list the torch ops the frontend imports")
     command("zoo", _cmd_zoo, "list the built-in models")

@@ -1,0 +1,105 @@
+"""Running IR on whole data sets: batched reference runs, accuracy, and per-layer SNR of a
+quantized network against its float original."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.ir import SSAValue
+
+from dopant.compiler.pipeline import run_pipeline
+from dopant.dialects.qnn import (
+    AddOp,
+    QnnOp,
+    QuantizeOp,
+    QuantParamsAttr,
+    RequantizeOp,
+)
+from dopant.runtime import intops, reference
+
+
+class BatchedRunner:
+    """Runs `@forward` of a module on any number of samples, `batch_size` at a time; the IR is
+    re-batched once per chunk size (`set-batch`) and cached."""
+
+    def __init__(self, module: ModuleOp, batch_size: int = 256):
+        self.module = module
+        self.batch_size = batch_size
+        self._by_size: dict[int, ModuleOp] = {}
+
+    def module_for(self, size: int) -> ModuleOp:
+        """The module re-batched to `size` samples."""
+        if size not in self._by_size:
+            clone = self.module.clone()
+            run_pipeline(clone, f"set-batch{{size={size}}}")
+            self._by_size[size] = clone
+        return self._by_size[size]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        outputs = []
+        for start in range(0, len(x), self.batch_size):
+            chunk = np.ascontiguousarray(x[start : start + self.batch_size], dtype=np.float32)
+            outputs.append(reference.run(self.module_for(len(chunk)), chunk)[0])
+        return np.concatenate(outputs)
+
+    def trace(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        chunk = np.ascontiguousarray(x, dtype=np.float32)
+        return reference.trace(self.module_for(len(chunk)), chunk)
+
+
+def accuracy(module: ModuleOp, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
+    """Top-1 accuracy of `module`'s logits on samples `x` with labels `y`."""
+    logits = BatchedRunner(module, batch_size).run(x)
+    return float(np.mean(logits.argmax(axis=1) == y))
+
+
+def output_params(value: SSAValue) -> QuantParamsAttr | None:
+    """The parameters of an integer activation: those of the op that made it, looking through
+    ops that only move values (pools, reshape, relu, concat keep their input's parameters)."""
+    op = value.owner
+    while True:
+        if isinstance(op, QuantizeOp):
+            return op.params
+        if isinstance(op, RequantizeOp):
+            return op.out_params
+        if isinstance(op, AddOp):
+            return op.out_params
+        if not isinstance(op, QnnOp) or not op.operands:
+            return None
+        op = op.operands[0].owner
+
+
+def snr_db(signal: np.ndarray, approx: np.ndarray) -> float:
+    """10 log10(sum x^2 / sum (x - x_hat)^2); +inf for an exact copy."""
+    noise = float(np.sum((signal.astype(np.float64) - approx) ** 2))
+    power = float(np.sum(signal.astype(np.float64) ** 2))
+    return math.inf if noise == 0.0 else 10.0 * math.log10(max(power, 1e-300) / noise)
+
+
+def layer_snr(
+    float_module: ModuleOp, quantized: ModuleOp, x: np.ndarray
+) -> list[tuple[str, float]]:
+    """SNR (dB) of each layer's dequantized integer output against the float output, in order.
+
+    A float op at path P corresponds to the integer value of `P/requantize` (conv, linear) or
+    of P itself (add, pools, reshape, concat), dequantized with its parameters.
+    """
+    want = BatchedRunner(float_module, len(x)).trace(x)
+    runner = BatchedRunner(quantized, len(x))
+    got = runner.trace(x)
+    producers = {
+        op.path.data: op for op in runner.module_for(len(x)).walk() if isinstance(op, QnnOp)
+    }
+    rows = []
+    for path, value in want.items():
+        key = f"{path}/requantize" if f"{path}/requantize" in got else path
+        if key not in got or key not in producers:
+            continue
+        params = output_params(producers[key].results[0])
+        if params is None:
+            continue
+        real = intops.dequantize(got[key], params.scales[0], params.zero_points[0])
+        rows.append((path, snr_db(value, real)))
+    return rows
