@@ -73,7 +73,7 @@ def main() -> None:
                 if method == "mse" and config in ("W8A8", "W4A8"):
                     snr_rows[config] = layer_snr(module, q, test.x[:256])
             print(f"| {method} | " + " | ".join(cells) + " |", flush=True)
-        print(f"\nper-layer output SNR (dB, MSE calibration, 256 test images):\n")
+        print("\nper-layer output SNR (dB, MSE calibration, 256 test images):\n")
         print("| layer | " + " | ".join(snr_rows) + " |")
         print("|---|" + "---|" * len(snr_rows))
         paths = [p for p, _ in next(iter(snr_rows.values()))]
