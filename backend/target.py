@@ -1,0 +1,227 @@
+"""The accelerator's description: one frozen `AccelConfig`, passed explicitly everywhere.
+
+Every hardware number in dopant lives here or in `presets.py`. The machine: a rows x cols
+systolic array of 8-bit PEs built from 2-bit BitFusion bricks (Sharma et al., ISCA 2018), so a
+PE does (8 / w_bits) * (8 / a_bits) multiply-accumulates per cycle; a scratchpad for int8
+operands and an int32 accumulator memory on chip; one DRAM channel; a vector unit for
+requantization, residual adds and pooling. No xDSL here: the simulator imports this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dopant.dialects.errors import DopantError
+
+DATAFLOWS = ("ws", "os")  # weight stationary, output stationary (Samajdar et al., SCALE-Sim)
+
+
+class ConfigError(DopantError):
+    """An AccelConfig that cannot describe a machine; the message gives every reason."""
+
+
+@dataclass(frozen=True)
+class AccelConfig:
+    """A systolic-array accelerator. Units are in the names; energies in picojoules.
+
+    `weight_bits`/`act_bits` are the operand widths the PEs fuse to; `*_banks` split a memory
+    into independently accessed banks; `vector_lanes` is elements per cycle of the vector unit.
+    """
+
+    name: str
+    rows: int
+    cols: int
+    dataflow: str
+    scratchpad_kib: int
+    scratchpad_banks: int
+    accumulator_kib: int
+    accumulator_banks: int
+    dram_bytes_per_cycle: int
+    dram_latency_cycles: int
+    clock_mhz: float
+    vector_lanes: int
+    weight_bits: tuple[int, ...] = (2, 4, 8)
+    act_bits: tuple[int, ...] = (2, 4, 8)
+    mac_energy_pj: float = 0.2
+    scratchpad_energy_pj_per_byte: float = 1.0
+    accumulator_energy_pj_per_byte: float = 2.0
+    dram_energy_pj_per_byte: float = 100.0
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError(
+                f"accelerator config '{self.name}' is invalid: " + "; ".join(problems) + "."
+            )
+
+    def problems(self) -> list[str]:
+        """Every reason this config cannot describe a machine (empty when it is valid)."""
+        found = []
+        for field in (
+            "rows",
+            "cols",
+            "scratchpad_kib",
+            "scratchpad_banks",
+            "accumulator_kib",
+            "accumulator_banks",
+            "dram_bytes_per_cycle",
+            "vector_lanes",
+        ):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                found.append(f"{field} must be a positive integer, got {value!r}")
+        if not isinstance(self.dram_latency_cycles, int) or self.dram_latency_cycles < 0:
+            found.append(
+                f"dram_latency_cycles must be an integer >= 0, got {self.dram_latency_cycles!r}"
+            )
+        if self.dataflow not in DATAFLOWS:
+            found.append(f"dataflow must be one of {', '.join(DATAFLOWS)}, got {self.dataflow!r}")
+        if not (isinstance(self.clock_mhz, int | float) and self.clock_mhz > 0):
+            found.append(f"clock_mhz must be positive, got {self.clock_mhz!r}")
+        for field in ("weight_bits", "act_bits"):
+            widths = getattr(self, field)
+            if not widths or any(b not in (2, 4, 8) for b in widths) or 8 not in widths:
+                found.append(f"{field} must be a subset of (2, 4, 8) holding 8, got {widths!r}")
+        for field in (
+            "mac_energy_pj",
+            "scratchpad_energy_pj_per_byte",
+            "accumulator_energy_pj_per_byte",
+            "dram_energy_pj_per_byte",
+        ):
+            value = getattr(self, field)
+            if not (isinstance(value, int | float) and value >= 0):
+                found.append(f"{field} must be a number >= 0, got {value!r}")
+        if not found:
+            found += self._capacity_problems()
+        return found
+
+    def _capacity_problems(self) -> list[str]:
+        found = []
+        if self.scratchpad_bytes % self.scratchpad_banks:
+            found.append(
+                f"scratchpad_kib {self.scratchpad_kib} does not split into "
+                f"{self.scratchpad_banks} equal banks"
+            )
+        if self.accumulator_bytes % self.accumulator_banks:
+            found.append(
+                f"accumulator_kib {self.accumulator_kib} does not split into "
+                f"{self.accumulator_banks} equal banks"
+            )
+        # Double buffering needs two full-array operand tiles and two accumulator tiles.
+        if self.scratchpad_bytes < 4 * self.rows * self.cols:
+            found.append(
+                f"a {self.scratchpad_kib} KiB scratchpad cannot double-buffer "
+                f"{self.rows}x{self.cols} operand tiles"
+            )
+        if self.accumulator_bytes < 2 * 4 * self.rows * self.cols:
+            found.append(
+                f"a {self.accumulator_kib} KiB accumulator cannot double-buffer "
+                f"{self.rows}x{self.cols} int32 tiles"
+            )
+        return found
+
+    # ---- derived quantities ---------------------------------------------------------------
+
+    @property
+    def scratchpad_bytes(self) -> int:
+        return self.scratchpad_kib * 1024
+
+    @property
+    def accumulator_bytes(self) -> int:
+        return self.accumulator_kib * 1024
+
+    @property
+    def accumulator_words(self) -> int:
+        """int32 entries of the accumulator memory."""
+        return self.accumulator_bytes // 4
+
+    def fusion(self, w_bits: int, a_bits: int) -> tuple[int, int]:
+        """(activation, weight) fusion factors: a PE holds 8/a_bits activations and 8/w_bits
+        weights, so it does their product in MACs per cycle (BitFusion)."""
+        if w_bits not in self.weight_bits or a_bits not in self.act_bits:
+            raise ConfigError(
+                f"'{self.name}' does not fuse to w{w_bits}a{a_bits}; it supports "
+                f"weights {self.weight_bits} and activations {self.act_bits}"
+            )
+        return 8 // a_bits, 8 // w_bits
+
+    def macs_per_cycle(self, w_bits: int = 8, a_bits: int = 8) -> int:
+        """Peak multiply-accumulates per cycle of the array at these widths."""
+        fa, fw = self.fusion(w_bits, a_bits)
+        return self.rows * self.cols * fa * fw
+
+    def cycles_to_seconds(self, cycles: float) -> float:
+        return cycles / (self.clock_mhz * 1e6)
+
+    def with_changes(self, **changes: Any) -> AccelConfig:
+        return dataclasses.replace(self, **changes)
+
+    # ---- identity and files ---------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+            for f in dataclasses.fields(self)
+        }
+
+    def stable_hash(self) -> bytes:
+        """32 bytes that change whenever anything about the machine changes (not its name).
+
+        SHA-256 of the canonical JSON of every field but `name`: same machine, same hash, on
+        every platform and Python version; binaries carry it to refuse a different machine.
+        """
+        fields = {k: v for k, v in self.to_dict().items() if k != "name"}
+        text = json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(text.encode()).digest()
+
+    @staticmethod
+    def from_dict(data: dict[str, Any], source: str = "config") -> AccelConfig:
+        known = {f.name for f in dataclasses.fields(AccelConfig)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown key(s) {', '.join(unknown)}; the keys are "
+                f"{', '.join(sorted(known))}"
+            )
+        required = {
+            f.name for f in dataclasses.fields(AccelConfig) if f.default is dataclasses.MISSING
+        }
+        missing = sorted(required - set(data))
+        if missing:
+            raise ConfigError(f"{source}: missing key(s) {', '.join(missing)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return AccelConfig(**values)
+
+    @staticmethod
+    def from_toml(path: str | Path) -> AccelConfig:
+        """Load a config from a TOML file of `key = value` lines (the field names)."""
+        file = Path(path)
+        try:
+            data = tomllib.loads(file.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file '{file}' does not exist") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"config file '{file}' is not valid TOML: {error}") from None
+        data.setdefault("name", file.stem)
+        return AccelConfig.from_dict(data, f"config file '{file}'")
+
+    def to_toml(self) -> str:
+        lines = []
+        for key, value in self.to_dict().items():
+            if isinstance(value, str):
+                lines.append(f'{key} = "{value}"')
+            elif isinstance(value, list):
+                lines.append(f"{key} = [{', '.join(map(str, value))}]")
+            else:
+                lines.append(f"{key} = {value!r}")
+        return "\n".join(lines) + "\n"
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
