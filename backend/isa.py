@@ -292,10 +292,17 @@ class Instruction:
 
 
 def encode(instruction: Instruction) -> bytes:
-    """32 little-endian bytes: the fields packed in table order, least significant bit first."""
+    """32 little-endian bytes: the fields packed in table order, least significant bit first.
+    A value outside its field's range is an IsaError, never silently truncated."""
     word, offset = 0, 0
     for f in instruction.definition.all_fields:
-        word |= (instruction[f.name] & ((1 << f.bits) - 1)) << offset
+        value = instruction[f.name]
+        if not f.low <= value <= f.high:
+            raise IsaError(
+                f"'{instruction.op}' field {f.name}={value} does not fit its "
+                f"{f.bits} bits [{f.low}, {f.high}]"
+            )
+        word |= (value & ((1 << f.bits) - 1)) << offset
         offset += f.bits
     return word.to_bytes(INSTRUCTION_BYTES, "little")
 

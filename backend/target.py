@@ -76,18 +76,26 @@ class AccelConfig:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 found.append(f"{field} must be a positive integer, got {value!r}")
-        if not isinstance(self.dram_latency_cycles, int) or self.dram_latency_cycles < 0:
+        latency = self.dram_latency_cycles
+        if not isinstance(latency, int) or isinstance(latency, bool) or latency < 0:
             found.append(
                 f"dram_latency_cycles must be an integer >= 0, got {self.dram_latency_cycles!r}"
             )
         if self.dataflow not in DATAFLOWS:
             found.append(f"dataflow must be one of {', '.join(DATAFLOWS)}, got {self.dataflow!r}")
-        if not (isinstance(self.clock_mhz, int | float) and self.clock_mhz > 0):
+        if not (_is_number(self.clock_mhz) and self.clock_mhz > 0):
             found.append(f"clock_mhz must be positive, got {self.clock_mhz!r}")
         for field in ("weight_bits", "act_bits"):
             widths = getattr(self, field)
-            if not widths or any(b not in (2, 4, 8) for b in widths) or 8 not in widths:
-                found.append(f"{field} must be a subset of (2, 4, 8) holding 8, got {widths!r}")
+            if (
+                not isinstance(widths, tuple)
+                or 8 not in widths
+                or any(b not in (2, 4, 8) for b in widths)
+                or list(widths) != sorted(set(widths))
+            ):
+                found.append(
+                    f"{field} must be an increasing subset of (2, 4, 8) holding 8, got {widths!r}"
+                )
         for field in (
             "mac_energy_pj",
             "scratchpad_energy_pj_per_byte",
@@ -95,7 +103,7 @@ class AccelConfig:
             "dram_energy_pj_per_byte",
         ):
             value = getattr(self, field)
-            if not (isinstance(value, int | float) and value >= 0):
+            if not (_is_number(value) and value >= 0):
                 found.append(f"{field} must be a number >= 0, got {value!r}")
         if not found:
             found += self._capacity_problems()
@@ -195,7 +203,11 @@ class AccelConfig:
         missing = sorted(required - set(data))
         if missing:
             raise ConfigError(f"{source}: missing key(s) {', '.join(missing)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in ("weight_bits", "act_bits") and not isinstance(value, list | tuple):
+                raise ConfigError(f"{source}: {key} must be a list of bit widths, got {value!r}")
+            values[key] = tuple(value) if isinstance(value, list) else value
         return AccelConfig(**values)
 
     @staticmethod
@@ -221,6 +233,10 @@ class AccelConfig:
             else:
                 lines.append(f"{key} = {value!r}")
         return "\n".join(lines) + "\n"
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def ceil_div(a: int, b: int) -> int:
