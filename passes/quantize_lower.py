@@ -86,10 +86,13 @@ class Lowering:
             elif isinstance(op, AddOp):
                 self._add(op)
             elif isinstance(op, ClampOp):
-                p = self.params[op.input]
                 act = ActivationAttr.clamp(*op.bounds)
                 self.values[op.output] = self.requantize(
-                    self.values[op.input], p, p, op.path.data, act
+                    self.values[op.input],
+                    self.params[op.input],
+                    self.params[op.output],
+                    op.path.data,
+                    act,
                 )
             elif isinstance(op, ConcatOp):
                 self._concat(op)

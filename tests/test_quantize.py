@@ -177,3 +177,38 @@ def test_constants_of_a_quantized_network_are_integers() -> None:
     run_pipeline(module, "quantize{weight-bits=4}")
     for c in _ops(module, ConstantOp):
         assert not is_float(c.result) and c.params is not None
+
+
+class PoolThenRelu6(torch.nn.Module):
+    """A ReLU6 that cannot fuse (it follows a pool) and really clips (inputs reach past 6)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.pool = torch.nn.MaxPool2d(2)
+        self.act = torch.nn.ReLU6()
+        self.fc = torch.nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act(self.pool(self.conv(x))).flatten(1))
+
+
+def test_a_standalone_clipping_relu6_becomes_a_requantize_to_its_own_range() -> None:
+    model = PoolThenRelu6().eval()
+    with torch.no_grad():
+        model.conv.weight.mul_(20.0)  # activations up to ~20: the clamp at 6 matters
+    x = np.random.default_rng(0).standard_normal((64, 1, 8, 8)).astype(np.float32)
+    module = import_model(model, torch.from_numpy(x[:1]))
+    run_pipeline(module, "fold-batchnorm,fuse-activation")
+    calibrate(module, x)
+    q = module.clone()
+    run_pipeline(q, "quantize")
+    (clamp,) = [o for o in _ops(q, RequantizeOp) if o.path.data == "act"]
+    # The clamp reads the pool's signed range and writes its own unsigned [0, 6] range.
+    assert str(clamp.in_params.element_type) == "si8"
+    assert str(clamp.out_params.element_type) == "ui8"
+    assert clamp.out_params.scales == pytest.approx([6.0 / 255])
+    run_pipeline(module, "set-batch{size=64}")
+    run_pipeline(q, "set-batch{size=64}")
+    (want,), (got,) = reference.run(module, x), reference.run(q, x)
+    assert _snr_db(want, got) > 30.0
