@@ -19,8 +19,8 @@ from pathlib import Path
 
 from dopant.backend.binary import BinaryError, read_binary_file, read_program, save_program
 from dopant.backend.isa import BY_MNEMONIC, Instruction
+from dopant.backend.program import ProgramImage
 from dopant.dialects.files import write_atomic
-from dopant.runtime.program import Program
 
 BINARY_FIELDS = ("wait", "signal")  # token masks read best bit by bit
 
@@ -120,7 +120,7 @@ def disassemble(program_bytes: bytes) -> str:
     return "\n".join(lines) + "\n"
 
 
-def assemble_into(program: Program, text: str, filename: str = "<asm>") -> Program:
+def assemble_into(program: ProgramImage, text: str, filename: str = "<asm>") -> ProgramImage:
     """`program` with its code replaced by the assembly `text`; everything else is kept.
 
     Raises AsmError if the text does not parse, or if a debug-map range of `program` no longer

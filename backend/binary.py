@@ -1,4 +1,4 @@
-"""The `.dpb` container: write a `Program` to bytes and read it back, refusing anything malformed.
+"""The `.dpb` container: a `ProgramImage` to bytes and back, refusing anything malformed.
 
 Layout (integers little endian):
 
@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 
 from dopant.backend.isa import INSTRUCTION_BYTES, Instruction, IsaError, decode, encode
+from dopant.backend.program import LayerRange, ProgramImage, Segment, TensorDesc
 from dopant.backend.target import AccelConfig
 from dopant.dialects.errors import DopantError
 from dopant.dialects.files import write_atomic
-from dopant.runtime.program import LayerRange, Program, Segment, TensorDesc
 
 MAGIC = b"DOPANTPB"
 FORMAT_VERSION = 1
@@ -103,8 +103,8 @@ def _show(value: object) -> str:
 # ---- writing ------------------------------------------------------------------------------
 
 
-def write_program(program: Program) -> bytes:
-    """The `.dpb` bytes of `program`: the same Program always gives the same bytes.
+def write_program(program: ProgramImage) -> bytes:
+    """The `.dpb` bytes of `program`: the same ProgramImage always gives the same bytes.
 
     Refuses (BinaryError) what `read_program` would refuse: a config hash that is not the
     config's, instructions whose fields do not fit, constants outside their bit width, I/O or
@@ -135,7 +135,7 @@ def write_program(program: Program) -> bytes:
     return bytes(content) + hashlib.sha256(content).digest()
 
 
-def save_program(program: Program, path: str | os.PathLike[str]) -> None:
+def save_program(program: ProgramImage, path: str | os.PathLike[str]) -> None:
     """Write `program` to `path` atomically (a failure leaves no half-written file)."""
     write_atomic(path, write_program(program))
 
@@ -156,7 +156,7 @@ def _dumps(value: object, what: str) -> bytes:
     return text.encode()
 
 
-def _config_bytes(program: Program) -> bytes:
+def _config_bytes(program: ProgramImage) -> bytes:
     if len(program.config_hash) != 32:
         raise BinaryError(
             f"field config_hash is {len(program.config_hash)} bytes; it must be the 32-byte "
@@ -220,7 +220,7 @@ def _const_bytes(segments: tuple[Segment, ...]) -> bytes:
     return bytes(out)
 
 
-def _io_bytes(program: Program) -> bytes:
+def _io_bytes(program: ProgramImage) -> bytes:
     def tensor(desc: TensorDesc) -> dict[str, object]:
         # An integer scale is written as a float, so a re-written binary has the same bytes.
         real = isinstance(desc.scale, int | float | np.number) and not isinstance(desc.scale, bool)
@@ -404,13 +404,13 @@ def _check_padding(data: bytes, start: int, stop: int) -> None:
 # ---- reading the sections -----------------------------------------------------------------
 
 
-def read_program(data: bytes) -> Program:
-    """The Program in `data`; BinaryError (naming the byte offset or field) if it is malformed."""
+def read_program(data: bytes) -> ProgramImage:
+    """The ProgramImage in `data`; BinaryError (naming the byte offset or field) if malformed."""
     return decode_program(read_container(data))
 
 
-def decode_program(container: Container) -> Program:
-    """The Program in a checked container: every section parsed, typed and size-checked."""
+def decode_program(container: Container) -> ProgramImage:
+    """The ProgramImage in a checked container: every section parsed, typed and size-checked."""
     where = container.where(SectionKind.CONFIG)
     machine = _machine(_loads(container.payload(SectionKind.CONFIG), where), where)
     if machine.stable_hash() != container.config_hash:
@@ -424,7 +424,7 @@ def decode_program(container: Container) -> Program:
     )
     where = container.where(SectionKind.DEBUG)
     layers = _layers_from_json(_loads(container.payload(SectionKind.DEBUG), where), where)
-    return Program(
+    return ProgramImage(
         config_hash=container.config_hash,
         config=machine.to_dict(),
         instructions=_code(container),

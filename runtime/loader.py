@@ -22,10 +22,11 @@ from dopant.backend.binary import (
     read_container,
 )
 from dopant.backend.isa import ENGINES, INSTRUCTION_BYTES, TOKENS, Instruction
+from dopant.backend.program import ProgramImage, element_bytes
 from dopant.backend.target import AccelConfig
 from dopant.dialects.errors import DopantError
 from dopant.dialects.shapes import window_out
-from dopant.runtime.program import Program, element_bytes
+from dopant.runtime.program import Program
 
 SP_BITS = (2, 4, 8)  # scratchpad element widths; the accumulator holds int32 only
 SP_VALUES = (-128, 255)  # one scratchpad byte holds an int8 or a uint8
@@ -52,10 +53,10 @@ def load(source: bytes | str | os.PathLike[str], config: AccelConfig | None = No
             f"{config.stable_hash().hex()[:16]}); recompile it for '{config.name}'"
         )
     validate(program, container.sections[SectionKind.CODE][0])
-    return program
+    return Program.of(program)
 
 
-def validate(program: Program, code_offset: int | None = None) -> AccelConfig:
+def validate(program: ProgramImage, code_offset: int | None = None) -> AccelConfig:
     """Check `program` against its machine and return that machine.
 
     `code_offset` is the file offset of the CODE section, so errors can give each instruction's
@@ -297,7 +298,7 @@ def _bits(mask: int) -> list[int]:
     return [t for t in range(TOKENS) if mask >> t & 1]
 
 
-def _check_dram(program: Program) -> None:
+def _check_dram(program: ProgramImage) -> None:
     """Constants and I/O tensors lie inside DRAM, int32 data aligned, none on top of another."""
     regions = [
         (f"constant segment {i}", s.dram, len(s.values), s.bits)
@@ -329,7 +330,7 @@ def _check_dram(program: Program) -> None:
             )
 
 
-def _check_layers(program: Program) -> None:
+def _check_layers(program: ProgramImage) -> None:
     """Debug ranges lie inside the code and do not overlap."""
     code = len(program.instructions)
     for layer in program.layers:

@@ -1,91 +1,51 @@
-"""What a loaded binary is: instructions, DRAM contents, I/O descriptors and a debug map.
-
-`backend.binary` writes and reads these to and from `.dpb` bytes; `runtime.loader` validates
-them; the simulator runs them. No xDSL here.
-
-DRAM model: byte addressed. An element of 8 bits or fewer occupies one byte of the functional
-DRAM image (int8 or uint8); int32 words occupy four bytes, little endian, 4-byte aligned. The
-DMA moves sub-byte data packed, so the timing model counts ceil(n * bits / 8) bytes for n
-elements; the constants section of a binary stores sub-byte weights packed.
-"""
+"""A loaded program: the binary's contents (`backend.program.ProgramImage`) that can run on
+the simulated accelerator."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dopant.backend.isa import Instruction
+from dopant.backend.program import (
+    LayerRange,
+    ProgramImage,
+    Segment,
+    TensorDesc,
+    element_bytes,
+    moved_bytes,
+)
+
+if TYPE_CHECKING:
+    from dopant.runtime.simulator import RunResult
+
+__all__ = ["LayerRange", "Program", "Segment", "TensorDesc", "element_bytes", "moved_bytes"]
 
 
-def element_bytes(bits: int) -> int:
-    """Bytes one element occupies in the functional DRAM image (and on chip)."""
-    return 4 if bits > 8 else 1
+@dataclasses.dataclass(frozen=True, eq=False)
+class Program(ProgramImage):
+    """An accelerator program ready to run: `Program.run(*float_inputs) -> RunResult`."""
 
+    @staticmethod
+    def of(image: ProgramImage) -> Program:
+        return Program(**{f.name: getattr(image, f.name) for f in dataclasses.fields(image)})
 
-def moved_bytes(count: int, bits: int) -> int:
-    """Bytes the DMA moves for `count` elements of `bits` (sub-byte data travels packed)."""
-    return -(-count * bits // 8)
+    def run(self, *inputs: np.ndarray, trace: bool = False) -> RunResult:
+        """Run the program on the functional simulator and the timing model.
 
+        Each float input is quantized with its TensorDesc (round half to even) into DRAM; the
+        outputs come back dequantized (`.outputs`) and as integers (`.raw_outputs`), with the
+        run's `.stats` and, with `trace`, a Chrome trace (`.trace`). InputError names an input
+        of the wrong count, shape or dtype; SimulationError an instruction that cannot run.
+        """
+        # Imported here: the simulator imports this module for Program.
+        from dopant.runtime import simulator
 
-@dataclass(frozen=True)
-class TensorDesc:
-    """A network input or output in DRAM, with the quantization that maps it to real values:
-    real = scale * (q - zero_point), dense NCHW at `dram`."""
+        return simulator.run(self, inputs, trace)
 
-    name: str
-    shape: tuple[int, ...]
-    dram: int
-    bits: int
-    signed: bool
-    scale: float
-    zero_point: int
+    def run_raw(self, *inputs: np.ndarray, trace: bool = False) -> RunResult:
+        """`run` for already-quantized inputs: integer arrays within each input's range."""
+        from dopant.runtime import simulator
 
-    @property
-    def count(self) -> int:
-        return int(np.prod(self.shape))
-
-    @property
-    def qmin(self) -> int:
-        return -(1 << (self.bits - 1)) if self.signed else 0
-
-    @property
-    def qmax(self) -> int:
-        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
-
-
-@dataclass(frozen=True)
-class Segment:
-    """Constant data placed in DRAM before the program runs (weights, biases, multipliers)."""
-
-    dram: int
-    bits: int
-    signed: bool
-    values: np.ndarray  # int64, one entry per element
-
-    @property
-    def end(self) -> int:
-        return self.dram + len(self.values) * element_bytes(self.bits)
-
-
-@dataclass(frozen=True)
-class LayerRange:
-    """Instructions [start, stop) belong to the layer at torch module path `name`."""
-
-    name: str
-    start: int
-    stop: int
-
-
-@dataclass(frozen=True)
-class Program:
-    """A complete accelerator program for one machine (`config_hash`)."""
-
-    config_hash: bytes
-    config: dict[str, object]  # the AccelConfig fields, as AccelConfig.to_dict() gives them
-    instructions: tuple[Instruction, ...]
-    segments: tuple[Segment, ...]
-    inputs: tuple[TensorDesc, ...]
-    outputs: tuple[TensorDesc, ...]
-    layers: tuple[LayerRange, ...]
-    dram_bytes: int
+        return simulator.run_raw(self, inputs, trace)

@@ -24,7 +24,8 @@ from dopant.backend.asm import (
 from dopant.backend.binary import BinaryError, read_program, write_program
 from dopant.backend.isa import ISA, Instruction, InstructionDef
 from dopant.backend.presets import preset
-from dopant.runtime.program import LayerRange, Program, Segment, TensorDesc
+from dopant.backend.program import LayerRange, Segment, TensorDesc
+from dopant.backend.program import ProgramImage as Program
 
 
 def instructions() -> st.SearchStrategy[Instruction]:

@@ -33,8 +33,12 @@ def test_every_problem_is_reported_at_once() -> None:
         preset("small8").with_changes(rows=0, dataflow="rs", clock_mhz=-1.0, act_bits=(8, 3))
     message = str(error.value)
     assert message.startswith("accelerator config 'small8' is invalid: ")
-    for reason in ("rows must be a positive integer, got 0", "dataflow must be one of ws, os",
-                   "clock_mhz must be positive, got -1.0", "act_bits must be an increasing"):
+    for reason in (
+        "rows must be a positive integer, got 0",
+        "dataflow must be one of ws, os",
+        "clock_mhz must be positive, got -1.0",
+        "act_bits must be an increasing",
+    ):
         assert reason in message
 
 
