@@ -9,7 +9,10 @@ tokens: an instruction first takes one count from every token in `wait` (blockin
 positive), and adds one to every token in `signal` when it completes.
 
 Memories: DRAM (byte addressed), the scratchpad `sp` (one element per byte) and the
-accumulator `acc` (one int32 per word). Addresses in `sp`/`acc` count elements/words.
+accumulator `acc` (one int32 per word). Addresses in `sp`/`acc` count elements/words. Tokens
+start at 0. The scratchpad holds values; their width and sign are set by the load that fills
+it and the store that empties it. Every integer operand has zero point 0 (the quantize pass
+guarantees it), so no instruction carries one.
 """
 
 from __future__ import annotations
@@ -174,7 +177,8 @@ ISA: tuple[InstructionDef, ...] = (
         5,
         "vector",
         "Residual add of `count` sp elements: out = clamp(RDBPOT(MBQM(a * 2^20, m0[0], "
-        "shift[0]) + MBQM(b * 2^20, m0[1], shift[1]), 20), lo, hi) (TFLite int8 ADD).",
+        "shift[0]) + MBQM(b * 2^20, m0[1], shift[1]), 20), lo, hi) (TFLite int8 ADD); the "
+        "params words are acc[params..params+4) = m0 of a, m0 of b, shift of a, shift of b.",
         (
             Field("a", 24, "sp address of the first operand"),
             Field("b", 24, "sp address of the second operand"),
