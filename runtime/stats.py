@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from dopant.backend.costs import Cost, Traffic
 from dopant.backend.isa import ENGINES
 from dopant.backend.target import AccelConfig
 from dopant.dialects.errors import InputError
@@ -26,7 +27,6 @@ from dopant.dialects.files import write_atomic
 from dopant.runtime import sim_report
 from dopant.runtime.loader import load
 from dopant.runtime.program import Program
-from dopant.runtime.sim_costs import Cost, Traffic
 from dopant.runtime.timing import STALLS, Slot, Timeline, schedule
 
 UNLABELLED = "(unlabelled)"  # the row of instructions outside every debug-map range

@@ -1,5 +1,5 @@
 """The timing model: when each instruction starts and ends on the four engines. It computes no
-values: it reads only instruction fields and the AccelConfig (costs in `runtime.sim_costs`).
+values: it reads only instruction fields and the AccelConfig (costs in `backend.costs`).
 
 Event-driven, in integer cycles from 0. An instruction starts at the first cycle at which
 (1) its engine has finished the instruction before it (each engine runs its queue in program
@@ -23,10 +23,16 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dopant.backend.costs import Cost, CostError, instruction_cost
 from dopant.backend.isa import ENGINES, TOKENS, Instruction
 from dopant.backend.target import AccelConfig
-from dopant.runtime.sim_costs import Cost, instruction_cost
-from dopant.runtime.sim_queues import deadlock_error, engine_queues, token_list
+from dopant.runtime.sim_queues import (
+    SimulationError,
+    deadlock_error,
+    describe,
+    engine_queues,
+    token_list,
+)
 
 STALLS = ("token_wait", "dram_wait")
 
@@ -135,10 +141,17 @@ class _Run:
                 self.begin(ready)
 
 
+def _cost(index: int, instruction: Instruction, config: AccelConfig) -> Cost:
+    try:
+        return instruction_cost(instruction, config)
+    except CostError as error:
+        raise SimulationError(f"{describe(index, instruction)}: {error}") from None
+
+
 def schedule(instructions: Sequence[Instruction], config: AccelConfig) -> Timeline:
     """The timeline of `instructions` on `config`; SimulationError if the tokens deadlock or an
     instruction asks for something the machine cannot do (a bit width it does not fuse)."""
-    costs = tuple(instruction_cost(i, ins, config) for i, ins in enumerate(instructions))
+    costs = tuple(_cost(i, ins, config) for i, ins in enumerate(instructions))
     run = _Run(instructions, costs)
     run.run()
     slots = tuple(

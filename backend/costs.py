@@ -49,7 +49,7 @@ from dataclasses import dataclass, fields
 from dopant.backend.isa import Instruction
 from dopant.backend.program import moved_bytes
 from dopant.backend.target import AccelConfig, ConfigError, ceil_div
-from dopant.runtime.sim_queues import SimulationError, describe
+from dopant.dialects.errors import DopantError
 
 Fields = dict[str, int]
 ACC_WORD_BYTES = 4
@@ -190,17 +190,21 @@ _COSTS = {
 }
 
 
-def instruction_cost(index: int, instruction: Instruction, config: AccelConfig) -> Cost:
-    """The cost of `instruction` (at `index`, for errors) on `config`."""
+class CostError(DopantError):
+    """An instruction the machine cannot run, found while costing it; names the field."""
+
+
+def instruction_cost(instruction: Instruction, config: AccelConfig) -> Cost:
+    """The cost of `instruction` on `config`: the one definition that the timing model and the
+    compiler's tiling both use."""
     f = instruction.fields()
     if instruction.op == "conv" and (
         f["groups"] < 1 or f["c_in"] % f["groups"] or f["n"] % f["groups"]
     ):
-        raise SimulationError(
-            f"{describe(index, instruction)}: field groups={f['groups']} does not divide "
-            f"c_in={f['c_in']} and n={f['n']}"
+        raise CostError(
+            f"conv field groups={f['groups']} does not divide c_in={f['c_in']} and n={f['n']}"
         )
     try:
         return _COSTS[instruction.op](f, config)
     except ConfigError as error:
-        raise SimulationError(f"{describe(index, instruction)}: {error}") from None
+        raise CostError(str(error)) from None
