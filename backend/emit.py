@@ -1,0 +1,102 @@
+"""Emission: an `accel` module to a `ProgramImage` and to `.dpb` bytes.
+
+Instructions are taken in op order; runs of consecutive instructions with the same module path
+become the debug map's layer ranges, so per-layer statistics name the torch layers.
+"""
+
+from __future__ import annotations
+
+import json
+
+from xdsl.dialects.builtin import IntegerAttr, ModuleOp, Signedness, StringAttr
+
+from dopant.backend.binary import write_program
+from dopant.backend.program import LayerRange, ProgramImage, Segment, TensorDesc
+from dopant.backend.target import AccelConfig
+from dopant.dialects.accel import InstructionOp, SegmentOp, TensorOp
+from dopant.dialects.errors import DopantError
+
+
+class EmitError(DopantError):
+    """An accel module that does not describe a complete program; names what is missing."""
+
+
+def module_config(module: ModuleOp) -> AccelConfig:
+    """The machine an accel module targets (its `accel.config` attribute)."""
+    text = module.attributes.get("accel.config")
+    if not isinstance(text, StringAttr):
+        raise EmitError("the accel module has no accel.config attribute naming its machine.")
+    return AccelConfig.from_dict(json.loads(text.data), "accel.config")
+
+
+def _dram_bytes(module: ModuleOp) -> int:
+    size = module.attributes.get("accel.dram_bytes")
+    if not isinstance(size, IntegerAttr):
+        raise EmitError("the accel module has no accel.dram_bytes attribute.")
+    return size.value.data
+
+
+def _tensor(op: TensorOp) -> TensorDesc:
+    p = op.params
+    return TensorDesc(
+        op.tensor_name.data,
+        tuple(int(d) for d in op.shape.iter_values()),
+        op.dram.value.data,
+        p.bits.data,
+        p.is_signed,
+        p.scales[0],
+        p.zero_points[0],
+    )
+
+
+def _layers(paths: list[str]) -> tuple[LayerRange, ...]:
+    ranges: list[LayerRange] = []
+    for index, path in enumerate(paths):
+        if ranges and ranges[-1].name == path and ranges[-1].stop == index:
+            ranges[-1] = LayerRange(path, ranges[-1].start, index + 1)
+        else:
+            ranges.append(LayerRange(path, index, index + 1))
+    return tuple(ranges)
+
+
+def emit_image(module: ModuleOp) -> ProgramImage:
+    """The program an accel module describes."""
+    config = module_config(module)
+    instructions, paths, segments = [], [], []
+    inputs: list[TensorDesc] = []
+    outputs: list[TensorDesc] = []
+    for op in module.body.block.ops:
+        if isinstance(op, InstructionOp):
+            instructions.append(op.instruction())
+            paths.append(op.path.data)
+        elif isinstance(op, SegmentOp):
+            elem = op.element()
+            segments.append(
+                Segment(
+                    op.dram.value.data,
+                    elem.width.data,
+                    elem.signedness.data != Signedness.UNSIGNED,
+                    op.numpy(),
+                )
+            )
+        elif isinstance(op, TensorOp):
+            (inputs if op.role.data == "input" else outputs).append(_tensor(op))
+        else:
+            raise EmitError(f"{op.name} cannot appear at the top of an accel module.")
+    if not inputs or not outputs:
+        raise EmitError("the accel module declares no input or no output tensor.")
+    return ProgramImage(
+        config.stable_hash(),
+        config.to_dict(),
+        tuple(instructions),
+        tuple(segments),
+        tuple(inputs),
+        tuple(outputs),
+        _layers(paths),
+        _dram_bytes(module),
+    )
+
+
+def emit_binary(module: ModuleOp) -> bytes:
+    """The `.dpb` bytes of an accel module (the same module always gives the same bytes)."""
+    return write_program(emit_image(module))

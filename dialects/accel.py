@@ -1,0 +1,201 @@
+"""The `accel` dialect: one op per accelerator instruction, generated from the ISA table.
+
+    accel.conv wait=0x1 signal=0x4 inp=0 c_in=16 ih=30 iw=30 ... a_bits=8 at "layer1.0.conv1"
+
+Each instruction op keeps every field of `backend.isa` (zero fields omitted in text, token masks
+in hex) and the torch module path of the layer it belongs to. Around the instructions, a module
+holds `accel.input` / `accel.output` (network I/O in DRAM with its quantization) and
+`accel.segment` (constant data placed in DRAM), and the attributes `accel.config` (the
+machine, as JSON) and `accel.dram_bytes`. `backend.emit` turns such a module into a binary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+from xdsl.context import Context
+from xdsl.dialects.builtin import (
+    Builtin,
+    DenseArrayBase,
+    DenseIntOrFPElementsAttr,
+    IntegerAttr,
+    IntegerType,
+    StringAttr,
+    i64,
+)
+from xdsl.ir import Dialect
+from xdsl.irdl import IRDLOperation, irdl_op_definition, prop_def
+from xdsl.parser import Parser
+from xdsl.printer import Printer
+from xdsl.utils.exceptions import VerifyException
+
+from dopant.backend.isa import ISA, Instruction, InstructionDef, IsaError
+from dopant.dialects.qnn_attrs import QuantParamsAttr
+from dopant.dialects.qnn_base import i64_array, ints
+from dopant.dialects.qnn_layers import numpy_dtype
+
+_MASKS = ("wait", "signal")
+
+
+class InstructionOp(IRDLOperation):
+    """Base of the instruction ops: all fields but the opcode in table order, and a path."""
+
+    DEFINITION: ClassVar[InstructionDef]
+    values = prop_def(DenseArrayBase.constr(i64))
+    path = prop_def(StringAttr)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in cls.DEFINITION.all_fields[1:]]
+
+    @classmethod
+    def of(cls, path: str, **fields: int) -> InstructionOp:
+        """The op for an instruction with these fields (others 0), checked against the ISA."""
+        instruction = Instruction.make(cls.DEFINITION.mnemonic, **fields)
+        values = [instruction[name] for name in cls.field_names()]
+        return cls.build(properties={"values": i64_array(values), "path": StringAttr(path)})
+
+    def fields(self) -> dict[str, int]:
+        return dict(zip(self.field_names(), ints(self.values), strict=True))
+
+    def instruction(self) -> Instruction:
+        return Instruction.make(self.DEFINITION.mnemonic, **self.fields())
+
+    def verify_(self) -> None:
+        if len(ints(self.values)) != len(self.field_names()):
+            raise VerifyException(
+                f'{self.name} at "{self.path.data}" has {len(ints(self.values))} field values '
+                f"but the instruction has {len(self.field_names())} fields."
+            )
+        try:
+            self.instruction()
+        except IsaError as error:
+            raise VerifyException(f'{self.name} at "{self.path.data}": {error}.') from None
+
+    def print(self, printer: Printer) -> None:
+        for name, value in self.fields().items():
+            if value:
+                printer.print_string(f" {name}={hex(value) if name in _MASKS else value}")
+        printer.print_string(f' at "{self.path.data}"')
+
+    @classmethod
+    def parse(cls, parser: Parser) -> InstructionOp:
+        fields: dict[str, int] = {}
+        while (name := parser.parse_optional_identifier()) is not None:
+            if name == "at":
+                break
+            parser.parse_punctuation("=")
+            fields[name] = parser.parse_integer()
+        else:
+            parser.parse_keyword("at")
+        path = parser.parse_str_literal()
+        try:
+            return cls.of(path, **fields)
+        except IsaError as error:
+            parser.raise_error(str(error))
+
+
+def _instruction_op(definition: InstructionDef) -> type[InstructionOp]:
+    cls = type(
+        f"{definition.mnemonic.title().replace('_', '')}Op",
+        (InstructionOp,),
+        {
+            "name": f"accel.{definition.mnemonic}",
+            "DEFINITION": definition,
+            "__doc__": definition.doc,
+            "__module__": __name__,
+            "__annotations__": {"DEFINITION": ClassVar[InstructionDef]},
+        },
+    )
+    return irdl_op_definition(cls)
+
+
+INSTRUCTION_OPS: dict[str, type[InstructionOp]] = {d.mnemonic: _instruction_op(d) for d in ISA}
+
+
+@irdl_op_definition
+class TensorOp(IRDLOperation):
+    """A network input or output in DRAM: its name, byte address, shape and quantization."""
+
+    name = "accel.tensor"
+    tensor_name = prop_def(StringAttr)
+    role = prop_def(StringAttr)
+    dram = prop_def(IntegerAttr.constr(type=i64))
+    shape = prop_def(DenseArrayBase.constr(i64))
+    params = prop_def(QuantParamsAttr)
+    assembly_format = "$role $tensor_name `dram` $dram `shape` $shape $params attr-dict"
+
+    @staticmethod
+    def make(
+        role: str, name: str, dram: int, shape: Sequence[int], params: QuantParamsAttr
+    ) -> TensorOp:
+        return TensorOp.build(
+            properties={
+                "role": StringAttr(role),
+                "tensor_name": StringAttr(name),
+                "dram": IntegerAttr(dram, i64),
+                "shape": i64_array(shape),
+                "params": params,
+            }
+        )
+
+    def verify_(self) -> None:
+        if self.role.data not in ("input", "output"):
+            raise VerifyException(
+                f"accel.tensor role must be input or output, got '{self.role.data}'."
+            )
+        if self.params.is_per_channel:
+            raise VerifyException(
+                f"accel.tensor '{self.tensor_name.data}' needs per-tensor parameters."
+            )
+
+
+@irdl_op_definition
+class SegmentOp(IRDLOperation):
+    """Constant data (weights, biases, multipliers) placed in DRAM at byte address `dram`."""
+
+    name = "accel.segment"
+    dram = prop_def(IntegerAttr.constr(type=i64))
+    value = prop_def(DenseIntOrFPElementsAttr)
+    path = prop_def(StringAttr)
+    assembly_format = "`dram` $dram $value `at` $path attr-dict"
+
+    @staticmethod
+    def make(dram: int, values: np.ndarray, element: IntegerType, path: str) -> SegmentOp:
+        from dopant.dialects.qnn_layers import dense
+
+        return SegmentOp.build(
+            properties={
+                "dram": IntegerAttr(dram, i64),
+                "value": dense(values.ravel(), element),
+                "path": StringAttr(path),
+            }
+        )
+
+    def element(self) -> IntegerType:
+        elem = self.value.get_element_type()
+        assert isinstance(elem, IntegerType), "verified"
+        return elem
+
+    def numpy(self) -> np.ndarray:
+        data = self.value.data.data
+        return np.frombuffer(data, numpy_dtype(self.element())).astype(np.int64)
+
+    def verify_(self) -> None:
+        if not isinstance(self.value.get_element_type(), IntegerType):
+            raise VerifyException(f'accel.segment at "{self.path.data}" must hold integers.')
+
+
+ACCEL = Dialect("accel", [*INSTRUCTION_OPS.values(), TensorOp, SegmentOp], [])
+
+
+def accel_context() -> Context:
+    """A context that parses accel modules (with the qnn attributes they use)."""
+    from dopant.dialects.qnn import QNN
+
+    ctx = Context()
+    for dialect in (Builtin, QNN, ACCEL):
+        ctx.load_dialect(dialect)
+    return ctx
