@@ -15,7 +15,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from dopant.compiler import cli_accel, cli_quantize
+from dopant.compiler import cli_accel, cli_compile, cli_quantize
 from dopant.dialects.errors import DopantError
 
 
@@ -133,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--generic", action="store_true", help="print the generic op form")
 
     cli_quantize.register(command)
+    cli_compile.register(command)
     cli_accel.register(command)
     command("passes", _cmd_passes, "list passes with their options")
     command("ops", _cmd_ops, "list the torch ops the frontend imports")

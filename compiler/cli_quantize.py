@@ -97,18 +97,7 @@ def add_calibration_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile")
 
 
-def register(command: Command) -> None:
-    """Add the quantization commands to the CLI."""
-    p = command("calibrate", _cmd_calibrate, "record activation ranges in float qnn IR")
-    p.add_argument("input", help="float .mlir file, or - for standard input")
-    p.add_argument("--calibration", required=True, help="'sample' or a .npz with images 'x'")
-    add_calibration_options(p)
-    p.add_argument("-o", "--output", help="output .mlir file (default: standard output)")
-
-    p = command("quantize", _cmd_quantize, "fold, calibrate and quantize to integer qnn IR")
-    p.add_argument("input", help="float .mlir file, or - for standard input")
-    p.add_argument("--calibration", help="'sample' or a .npz (omit if already calibrated)")
-    add_calibration_options(p)
+def add_quantize_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-bits", type=int, default=8, choices=(2, 4, 8))
     p.add_argument("--act-bits", type=int, default=8, choices=(2, 4, 8))
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per layer")
@@ -127,6 +116,21 @@ def register(command: Command) -> None:
         metavar="PATH=wXaY",
         help="bits of one layer by torch module path, e.g. conv1=w8a8",
     )
+
+
+def register(command: Command) -> None:
+    """Add the quantization commands to the CLI."""
+    p = command("calibrate", _cmd_calibrate, "record activation ranges in float qnn IR")
+    p.add_argument("input", help="float .mlir file, or - for standard input")
+    p.add_argument("--calibration", required=True, help="'sample' or a .npz with images 'x'")
+    add_calibration_options(p)
+    p.add_argument("-o", "--output", help="output .mlir file (default: standard output)")
+
+    p = command("quantize", _cmd_quantize, "fold, calibrate and quantize to integer qnn IR")
+    p.add_argument("input", help="float .mlir file, or - for standard input")
+    p.add_argument("--calibration", help="'sample' or a .npz (omit if already calibrated)")
+    add_calibration_options(p)
+    add_quantize_options(p)
     p.add_argument("-o", "--output", help="output .mlir file (default: standard output)")
 
     p = command("eval", _cmd_eval, "top-1 accuracy of qnn IR on Fashion-MNIST")

@@ -1,0 +1,64 @@
+"""`dopant compile`: a model (zoo:NAME, file.py:factory or a .mlir file) to a `.dpb` binary."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dopant.compiler.cli_quantize import (
+    Command,
+    add_calibration_options,
+    add_quantize_options,
+    calibration_data,
+    quantize_options,
+)
+
+
+def _cmd_compile(args: argparse.Namespace) -> None:
+    from dopant.compiler.driver import STAGES, compile_module
+    from dopant.compiler.frontend import import_model
+    from dopant.compiler.irio import ir_text, read_ir
+    from dopant.compiler.models import load_model, parse_shape
+    from dopant.dialects.errors import InputError
+
+    if args.emit and args.emit not in STAGES:
+        raise InputError(f"--emit {args.emit} is not a stage; the stages are {', '.join(STAGES)}.")
+    if args.model.endswith(".mlir") or args.model == "-":
+        module = read_ir(args.model)
+    else:
+        shape = parse_shape(args.input_shape) if args.input_shape else None
+        loaded = load_model(args.model, shape)
+        module = import_model(loaded.model, loaded.example_input)
+    data = calibration_data(args.calibration, module) if args.calibration else None
+    compiled = compile_module(
+        module,
+        target=args.target,
+        calibration=data,
+        method=args.method,
+        dataflow=args.dataflow or None,
+        **quantize_options(args),
+    )
+    if args.output:
+        compiled.save(args.output)
+    if args.emit:
+        sys.stdout.write(ir_text(compiled.ir(args.emit)))
+    program = compiled.program
+    print(
+        f"{args.model} -> {args.output or '(not saved)'}: {len(program.instructions)} "
+        f"instructions, {len(compiled.binary):,} bytes for '{compiled.config.name}' "
+        f"({compiled.config.dataflow})",
+        file=sys.stderr,
+    )
+
+
+def register(command: Command) -> None:
+    p = command("compile", _cmd_compile, "compile a model to an accelerator binary (.dpb)")
+    p.add_argument("model", help="zoo:NAME, path/to/file.py:factory, or a .mlir file")
+    p.add_argument("--input-shape", help="input shape such as 1,3,32,32 (zoo models have one)")
+    p.add_argument("--target", default="edge16", help="preset (small8, edge16, large32) or .toml")
+    p.add_argument("--dataflow", choices=("ws", "os"), help="override the target's dataflow")
+    p.add_argument("--calibration", help="'sample' or a .npz with images 'x' (float models)")
+    add_calibration_options(p)
+    add_quantize_options(p)
+    p.add_argument("-o", "--output", help="output .dpb file")
+    p.add_argument("--emit", metavar="STAGE", help="print the IR after STAGE to standard output")

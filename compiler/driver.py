@@ -1,0 +1,189 @@
+"""The compiler driver: `compile(model, example_inputs, target=..., calibration=...)`.
+
+It reads as its stages, in order, each one's IR kept and dumpable (`CompiledModel.ir(stage)`,
+`dopant compile --emit STAGE`):
+
+    imported    torch.export -> qnn                        (frontend.import_model)
+    canonical   fold-batchnorm, fuse-activation
+    calibrated  activation ranges from sample data         (calibrate)
+    quantized   quantize                                   (integer-only qnn)
+    tiled       tile{target=...}                           (tile plans on the ops)
+    accel       convert-qnn-to-accel                       (one op per instruction)
+    binary      emit                                       (.dpb bytes)
+
+When a pass fails, the IR before it is written to a file and the error names the stage, the
+pass, that file and the `dopant opt` command that reproduces the failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.passes import ModulePass
+
+from dopant.backend.emit import emit_binary
+from dopant.backend.presets import load_target
+from dopant.backend.target import AccelConfig
+from dopant.compiler.calibrate import calibrate
+from dopant.compiler.frontend import import_model
+from dopant.compiler.irio import ir_text
+from dopant.compiler.pipeline import parse, run_pipeline
+from dopant.dialects.errors import DopantError
+from dopant.dialects.files import write_atomic
+from dopant.dialects.qnn import QnnOp
+from dopant.dialects.qnn_base import is_float
+from dopant.passes.quantize import QuantizePass
+from dopant.runtime.loader import load
+from dopant.runtime.program import Program
+from dopant.runtime.simulator import RunResult
+
+STAGES = ("imported", "canonical", "calibrated", "quantized", "tiled", "accel")
+
+
+class CompileError(DopantError):
+    """A stage that failed; names the stage, the pass and where the IR before it was saved."""
+
+
+@dataclass
+class CompiledModel:
+    """A network compiled for one machine: its binary and the IR of every stage."""
+
+    config: AccelConfig
+    binary: bytes
+    stages: dict[str, ModuleOp] = field(default_factory=dict)
+    _program: Program | None = None
+
+    def ir(self, stage: str) -> ModuleOp:
+        """The IR after `stage` (one of STAGES)."""
+        if stage not in self.stages:
+            raise DopantError(f"no stage '{stage}'; this compile kept {', '.join(self.stages)}.")
+        return self.stages[stage]
+
+    def save(self, path: str | Path) -> None:
+        write_atomic(path, self.binary)
+
+    @property
+    def program(self) -> Program:
+        if self._program is None:
+            self._program = load(self.binary, self.config)
+        return self._program
+
+    def run(self, *inputs: np.ndarray, trace: bool = False) -> RunResult:
+        """Run the binary on the simulated accelerator (float inputs, dequantized outputs)."""
+        return self.program.run(*inputs, trace=trace)
+
+
+def _pass_text(p: ModulePass) -> str:
+    return str(p.spec()) if hasattr(p, "spec") else p.name
+
+
+def _run_stage(stage: str, module: ModuleOp, passes: Sequence[ModulePass]) -> None:
+    """Run `passes` one by one; on failure save the IR before the failing pass."""
+    for p in passes:
+        before = module.clone()
+        try:
+            run_pipeline(module, [p])
+        except DopantError as error:
+            folder = Path(tempfile.mkdtemp(prefix="dopant-"))
+            saved = folder / f"before-{p.name}.mlir"
+            write_atomic(saved, ir_text(before))
+            raise CompileError(
+                f"stage '{stage}' failed in pass '{p.name}': {error} The IR before that pass "
+                f"is in {saved}; reproduce with: dopant opt {saved} -p '{_pass_text(p)}'"
+            ) from error
+
+
+def _is_quantized(module: ModuleOp) -> bool:
+    return any(isinstance(op, QnnOp) and not is_float(op.results[0]) for op in module.walk())
+
+
+def compile_module(
+    module: ModuleOp,
+    *,
+    target: str | AccelConfig = "edge16",
+    calibration: np.ndarray | None = None,
+    method: str = "minmax",
+    dataflow: str | None = None,
+    **quantize_options: Any,
+) -> CompiledModel:
+    """Compile float (or already quantized) `qnn` IR for `target`; see the module docstring.
+
+    Float IR needs `calibration` samples (N, C, H, W) unless it carries calibration ranges.
+    `quantize_options` are QuantizePass's (weight_bits, act_bits, overrides, ...).
+    """
+    config = target if isinstance(target, AccelConfig) else load_target(target)
+    if dataflow:
+        config = config.with_changes(dataflow=dataflow)
+    try:
+        quantizer = QuantizePass(**quantize_options)
+    except TypeError:
+        names = ", ".join(f.name for f in dataclasses.fields(QuantizePass))
+        raise CompileError(
+            f"unknown quantize option(s) {sorted(quantize_options)}; the options are {names}."
+        ) from None
+    stages: dict[str, ModuleOp] = {}
+    module = module.clone()
+    stages["imported"] = module.clone()
+    if not _is_quantized(module):
+        _run_stage("canonical", module, parse("fold-batchnorm{strict=true},fuse-activation"))
+        stages["canonical"] = module.clone()
+        if calibration is not None:
+            calibrate(module, calibration, method)
+        stages["calibrated"] = module.clone()
+        _run_stage("quantized", module, [quantizer])
+    stages["quantized"] = module.clone()
+    _run_stage("tiled", module, parse(_tile_spec(config)))
+    stages["tiled"] = module.clone()
+    _run_stage("accel", module, parse("convert-qnn-to-accel"))
+    stages["accel"] = module
+    return CompiledModel(config, emit_binary(module), stages)
+
+
+def _tile_spec(config: AccelConfig) -> str:
+    """The tile pass for `config`: a preset by name (with its dataflow), else a TOML file."""
+    from dopant.backend.presets import preset, preset_names
+
+    known = config.name in preset_names()
+    if known and preset(config.name).with_changes(dataflow=config.dataflow) == config:
+        return f'tile{{target="{config.name}" dataflow="{config.dataflow}"}}'
+    folder = Path(tempfile.mkdtemp(prefix="dopant-target-"))
+    path = folder / f"{config.name}.toml"
+    write_atomic(path, config.to_toml())
+    return f'tile{{target="{path}"}}'
+
+
+def compile(
+    model: torch.nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    target: str | AccelConfig = "edge16",
+    calibration: np.ndarray | None = None,
+    weight_bits: int = 8,
+    act_bits: int = 8,
+    method: str = "minmax",
+    **options: Any,
+) -> CompiledModel:
+    """Compile a torch model for `target`, calibrating on `calibration` (N, C, H, W samples)."""
+    if calibration is None:
+        raise CompileError(
+            "compile needs calibration samples to quantize the model; pass "
+            "calibration=<array of shape (N, C, H, W)>."
+        )
+    module = import_model(model, example_inputs)
+    return compile_module(
+        module,
+        target=target,
+        calibration=calibration,
+        method=method,
+        weight_bits=weight_bits,
+        act_bits=act_bits,
+        **options,
+    )
