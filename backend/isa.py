@@ -335,3 +335,20 @@ def decode(data: bytes, offset: int = 0) -> Instruction:
             f"reserved bits set in a '{definition.mnemonic}' instruction at byte offset {offset}"
         )
     return Instruction(definition.mnemonic, tuple(values.items()))
+
+
+def isa_markdown() -> str:
+    """The instruction set as a Markdown table, generated from `ISA` (for the README and
+    `dopant isa`)."""
+    lines = [
+        f"Every instruction is {INSTRUCTION_BYTES} bytes; the header is "
+        + ", ".join(f"`{f.name}` ({f.bits} b)" for f in HEADER)
+        + ".",
+        "",
+        "| opcode | instruction | engine | fields (bits) | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for d in ISA:
+        fields = ", ".join(f"`{f.name}` {f.bits}" + ("s" if f.signed else "") for f in d.fields)
+        lines.append(f"| {d.opcode} | `{d.mnemonic}` | {d.engine} | {fields} | {d.doc} |")
+    return "\n".join(lines) + "\n"

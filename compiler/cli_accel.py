@@ -32,8 +32,23 @@ def _cmd_disasm(args: argparse.Namespace) -> None:
     main_disasm(args.binary, args.output)
 
 
+def _cmd_isa(args: argparse.Namespace) -> None:
+    from dopant.backend.isa import isa_markdown
+
+    print(isa_markdown(), end="")
+
+
+def _cmd_targets(args: argparse.Namespace) -> None:
+    from dopant.backend.presets import preset, preset_names
+
+    for name in preset_names():
+        print(f"# {name}\n{preset(name).to_toml()}")
+
+
 def register(command: Command) -> None:
     """Add the accelerator commands to the CLI."""
+    command("isa", _cmd_isa, "print the instruction set (generated from the ISA table)")
+    command("targets", _cmd_targets, "print the accelerator presets as TOML")
     p = command("run", _cmd_run, "run a .dpb binary on the simulated accelerator")
     p.add_argument("binary", help=".dpb file")
     p.add_argument("--input", required=True, help=".npy (one input) or .npz (by input name)")
