@@ -204,20 +204,29 @@ def make_sample(out_path: str | Path, root: str | Path | None = None) -> None:
     The file keeps uint8 pixels and the source indices into each split (for provenance).
     """
     rng = np.random.default_rng(SAMPLE_SEED)
-    arrays: dict[str, np.ndarray] = {}
-    for name, split, total in (
-        ("calib", "train", SAMPLE_CALIBRATION_SIZE),
-        ("test", "test", SAMPLE_TEST_PER_CLASS * NUM_CLASSES),
-    ):
-        image_file, label_file = _split_files(split, root)
-        pixels, labels = read_idx(image_file), read_idx(label_file)
-        index = _stratified(labels, total, rng)
-        arrays[f"{name}_x"] = pixels[index]
-        arrays[f"{name}_y"] = labels[index].astype(np.int64)
-        arrays[f"{name}_index"] = index.astype(np.int64)
+    calib_x, calib_y, calib_index = _draw("train", SAMPLE_CALIBRATION_SIZE, root, rng)
+    test_x, test_y, test_index = _draw("test", SAMPLE_TEST_PER_CLASS * NUM_CLASSES, root, rng)
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    np.savez_compressed(
+        buffer,
+        calib_x=calib_x,
+        calib_y=calib_y,
+        calib_index=calib_index,
+        test_x=test_x,
+        test_y=test_y,
+        test_index=test_index,
+    )
     write_atomic(out_path, buffer.getvalue())
+
+
+def _draw(
+    split: str, total: int, root: str | Path | None, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(uint8 images, int64 labels, int64 source indices) of a stratified draw from `split`."""
+    image_file, label_file = _split_files(split, root)
+    pixels, labels = read_idx(image_file), read_idx(label_file)
+    index = _stratified(labels, total, rng)
+    return pixels[index], labels[index].astype(np.int64), index.astype(np.int64)
 
 
 def data_file(name: str) -> bytes:
@@ -254,7 +263,8 @@ def load_calibration(spec: str, expected_shape: tuple[int, ...] | None = None) -
     if expected_shape is not None and tuple(x.shape[1:]) != tuple(expected_shape):
         raise InputError(
             f"{source} holds images of shape (C, H, W) = {tuple(x.shape[1:])}, but the model "
-            f"takes {tuple(expected_shape)}; give images of the model's input shape."
+            f"takes {tuple(expected_shape)}; give a .npz whose array 'x' has the model's input "
+            "shape."
         )
     return x
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,8 +35,9 @@ LABEL_SMOOTHING = 0.1  # Szegedy et al. 2016; softer targets help a short schedu
 
 @dataclass(frozen=True)
 class EpochStats:
-    """What one epoch did: mean training loss and accuracy (on augmented batches, in train
-    mode), test accuracy after the epoch (None without a test set) and wall time."""
+    """What one epoch did: mean training loss (label-smoothed cross entropy) and accuracy (on
+    augmented batches, in train mode), test accuracy after the epoch (None without a test set)
+    and wall time including that evaluation."""
 
     epoch: int
     train_loss: float
@@ -75,20 +78,24 @@ def train(
     """Train `model` in place on `train` for `epochs` epochs; `lr` is the peak of the one-cycle
     schedule. Returns per-epoch statistics; the model is left in eval mode.
 
-    The run is reproducible for a given `seed` (batch order and augmentation are seeded; torch's
-    CPU kernels are deterministic for these layers).
+    The run is reproducible for a given `seed` and thread count: batch order, augmentation and
+    dropout are seeded, and the caller's global RNG state is left as it was.
     """
     if epochs < 1:
         raise InputError(f"training needs at least 1 epoch, got {epochs}.")
     if len(train) == 0:
         raise InputError("the training set is empty; give at least one image.")
     steps_per_epoch = -(-len(train) // batch_size)
-    # Weight decay on conv/linear weights only: decaying biases and BatchNorm scales only hurts
-    # (Goyal et al. 2017, "Accurate, large minibatch SGD", section 5.1).
+    # No weight decay on biases and BatchNorm parameters ("no bias decay", He et al. 2019,
+    # "Bag of Tricks for Image Classification", section 3.1).
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups: list[dict[str, Any]] = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     optimizer = torch.optim.SGD(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay}],
+        groups,
         lr=lr,
         momentum=MOMENTUM,
         nesterov=True,
@@ -98,31 +105,46 @@ def train(
     )
     generator = torch.Generator().manual_seed(seed)
     history: list[EpochStats] = []
-    for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
-        model.train()
-        loss_sum, correct = 0.0, 0
-        for xb, yb in train.batches(batch_size, shuffle=True, seed=seed * 1000 + epoch):
-            x, y = torch.from_numpy(xb), torch.from_numpy(yb)
-            if augment:
-                x = augment_batch(x, generator)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=LABEL_SMOOTHING)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            loss_sum += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-        model.eval()
-        test_acc = accuracy(model, test) if test is not None else None
-        stats = EpochStats(
-            epoch, loss_sum / len(train), correct / len(train), test_acc, time.perf_counter() - start
-        )
-        history.append(stats)
-        if log is not None:
-            log(format_epoch(stats))
+    with torch.random.fork_rng():  # seeds dropout without touching the caller's RNG state
+        torch.manual_seed(seed)
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            batches = train.batches(batch_size, shuffle=True, seed=seed * 1000 + epoch)
+            loss, acc = _run_epoch(model, batches, optimizer, schedule, generator, augment)
+            test_acc = accuracy(model, test) if test is not None else None
+            stats = EpochStats(epoch, loss, acc, test_acc, time.perf_counter() - start)
+            history.append(stats)
+            if log is not None:
+                log(format_epoch(stats))
     return history
+
+
+def _run_epoch(
+    model: nn.Module,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    augment: bool,
+) -> tuple[float, float]:
+    """One pass over `batches` in train mode, then eval mode; (mean loss, accuracy)."""
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for xb, yb in batches:
+        x, y = torch.from_numpy(xb), torch.from_numpy(yb)
+        if augment:
+            x = augment_batch(x, generator)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=LABEL_SMOOTHING)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        loss_sum += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+    model.eval()
+    return loss_sum / seen, correct / seen
 
 
 def accuracy(model: nn.Module, data: Dataset, batch_size: int = 500) -> float:
@@ -163,23 +185,34 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     file = Path(path)
     if not file.is_file():
         raise InputError(f"weights file '{file}' does not exist.")
+    return load_weights_bytes(model, file.read_bytes(), f"weights file '{file}'")
+
+
+def load_weights_bytes(model: nn.Module, data: bytes, source: str) -> nn.Module:
+    """`load_weights` on the bytes of a .npz; `source` names them in errors ("weights file
+    'x.npz'")."""
     try:
-        npz = np.load(file, allow_pickle=False)
+        npz = np.load(io.BytesIO(data), allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:
         raise InputError(
-            f"weights file '{file}' is not a readable .npz ({error}); write it with "
+            f"{source} is not a readable .npz ({error}); write it with "
             "dopant.compiler.train.save_weights."
         ) from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise InputError(f"weights file '{file}' holds a bare array, not a .npz of named arrays.")
+        raise InputError(f"{source} holds a bare array, not a .npz of named arrays.")
     with npz:
-        arrays = {name: npz[name] for name in npz.files}
+        try:
+            arrays = {name: npz[name] for name in npz.files}
+        except (OSError, ValueError, zipfile.BadZipFile) as error:  # object arrays, bad entries
+            raise InputError(
+                f"{source} has an unreadable array ({error}); save plain numeric arrays."
+            ) from None
     expected = model.state_dict()
     missing = [k for k in expected if k not in arrays]
     unexpected = [k for k in arrays if k not in expected]
     if missing or unexpected:
         raise InputError(
-            f"weights file '{file}' does not fit the model ({type(model).__name__}): "
+            f"{source} does not fit the model ({type(model).__name__}): "
             f"missing keys: {', '.join(missing) or 'none'}; unexpected keys: "
             f"{', '.join(unexpected) or 'none'}. Load weights saved from the same architecture."
         )
@@ -188,13 +221,13 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         array = arrays[name]
         if tuple(array.shape) != tuple(target.shape):
             raise InputError(
-                f"weights file '{file}', key '{name}' has shape {array.shape}, but the model "
+                f"{source}, key '{name}' has shape {array.shape}, but the model "
                 f"expects {tuple(target.shape)}; load weights saved from the same architecture."
             )
         wanted_kind = "f" if target.is_floating_point() else "iu"
         if array.dtype.kind not in wanted_kind:
             raise InputError(
-                f"weights file '{file}', key '{name}' has dtype {array.dtype}, but the model "
+                f"{source}, key '{name}' has dtype {array.dtype}, but the model "
                 f"holds {target.dtype} there."
             )
         tensors[name] = torch.from_numpy(np.ascontiguousarray(array)).to(target.dtype)

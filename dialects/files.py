@@ -25,6 +25,10 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
     except OSError as error:
         raise InputError(f"cannot write '{target}': {error.strerror}.") from error
     try:
+        # mkstemp makes the file owner-only; give it the mode a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
         os.replace(tmp, target)

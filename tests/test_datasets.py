@@ -43,7 +43,9 @@ def test_read_idx_names_the_magic_number_and_its_offset(tmp_path: Path) -> None:
     data[2] = 0x0D  # float32 type code: not an unsigned-byte file
     path = tmp_path / "bad.idx"
     path.write_bytes(bytes(data))
-    with pytest.raises(InputError, match=r"'.*bad\.idx' has magic number 0x00000d03 at byte offset 0"):
+    with pytest.raises(
+        InputError, match=r"'.*bad\.idx' has magic number 0x00000d03 at byte offset 0"
+    ):
         read_idx(path)
 
 
@@ -52,7 +54,8 @@ def test_read_idx_refuses_a_truncated_payload_with_offsets(tmp_path: Path) -> No
     path = tmp_path / "short.idx.gz"
     path.write_bytes(gzip.compress(idx_bytes(IMAGES)[:-5]))
     with pytest.raises(
-        InputError, match=r"short\.idx\.gz' is truncated.*byte offset 16.*end at byte offset 40.*ends at byte offset 35"
+        InputError,
+        match=r"short\.idx\.gz' is truncated.*byte offset 16.*end at byte offset 40.*ends at byte offset 35",
     ):
         read_idx(path)
 
@@ -60,7 +63,7 @@ def test_read_idx_refuses_a_truncated_payload_with_offsets(tmp_path: Path) -> No
 def test_read_idx_refuses_extra_bytes_and_a_truncated_header(tmp_path: Path) -> None:
     path = tmp_path / "long.idx"
     path.write_bytes(idx_bytes(LABELS) + b"\x00")
-    with pytest.raises(InputError, match="followed by extra bytes.*ends at byte offset 11"):
+    with pytest.raises(InputError, match=r"followed by extra bytes.*ends at byte offset 11"):
         read_idx(path)
     path.write_bytes(idx_bytes(IMAGES)[:10])
     with pytest.raises(InputError, match="ends at byte offset 10, inside its 3 dimension"):
@@ -86,7 +89,10 @@ def test_load_fashion_mnist_reads_a_split_from_root(tmp_path: Path) -> None:
 
 
 def test_load_fashion_mnist_tells_how_to_get_missing_files(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"train-images-idx3-ubyte\.gz' is missing.*apt-get install -y dataset-fashion-mnist"):
+    with pytest.raises(
+        InputError,
+        match=r"train-images-idx3-ubyte\.gz' is missing.*apt-get install -y dataset-fashion-mnist",
+    ):
         load_fashion_mnist("train", root=tmp_path)
     with pytest.raises(InputError, match="splits 'train' and 'test', not 'valid'"):
         load_fashion_mnist("valid", root=tmp_path)
@@ -95,7 +101,7 @@ def test_load_fashion_mnist_tells_how_to_get_missing_files(tmp_path: Path) -> No
 def test_load_fashion_mnist_refuses_mismatched_counts(tmp_path: Path) -> None:
     (tmp_path / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((3, 28, 28))))
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(LABELS))
-    with pytest.raises(InputError, match="holds 3 images but .* holds 2 labels"):
+    with pytest.raises(InputError, match=r"holds 3 images but .* holds 2 labels"):
         load_fashion_mnist("test", root=tmp_path)
 
 
@@ -109,10 +115,30 @@ def test_the_shipped_sample_is_stratified_and_scaled() -> None:
     assert np.bincount(calibration.y, minlength=10).tolist() == [52, 52] + [51] * 8
     # Shuffled, not sorted by class: the first 20 test images span most classes.
     assert len(set(test.y[:20].tolist())) >= 6
-    # The sample is the one the file's source indices name, each image once.
+    # Each source image at most once, from the right split (60k train, 10k test).
     with np.load(io.BytesIO(datasets.data_file(datasets.SAMPLE_FILE))) as npz:
-        assert len(set(npz["calib_index"].tolist())) == 512
-        assert len(set(npz["test_index"].tolist())) == 1000
+        for key, size, count in (("calib_index", 60000, 512), ("test_index", 10000, 1000)):
+            index = npz[key]
+            assert len(set(index.tolist())) == count and index.min() >= 0 and index.max() < size
+
+
+def test_make_sample_draws_stratified_images_with_their_labels(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    for prefix, count in (("train", 700), ("t10k", 1200)):
+        labels = (np.arange(count) % 10).astype(np.uint8)
+        pixels = rng.integers(0, 256, (count, 2, 2), dtype=np.uint8)
+        pixels[:, 0, 0] = labels  # so every image shows its label
+        (tmp_path / f"{prefix}-images-idx3-ubyte").write_bytes(idx_bytes(pixels))
+        (tmp_path / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
+    out = tmp_path / "sample.npz"
+    datasets.make_sample(out, root=tmp_path)
+    with np.load(out) as npz:
+        for name, per_class in (("calib", [52, 52] + [51] * 8), ("test", [100] * 10)):
+            x, y, index = npz[f"{name}_x"], npz[f"{name}_y"], npz[f"{name}_index"]
+            assert x.dtype == np.uint8 and y.dtype == np.int64
+            assert np.bincount(y, minlength=10).tolist() == per_class
+            np.testing.assert_array_equal(x[:, 0, 0], y)
+            np.testing.assert_array_equal(index % 10, y)
 
 
 def test_dataset_batches_cover_everything_once() -> None:
@@ -148,7 +174,10 @@ def test_load_calibration_sample_and_file(tmp_path: Path) -> None:
         ({"x": np.array([[[["a"]]]])}, r"key 'x' has dtype <U1; expected real numbers"),
         ({"x": np.zeros((1, 1, 4, 4), np.complex64)}, r"dtype complex64; expected real"),
         ({"x": np.full((1, 1, 4, 4), np.nan)}, r"holds 16 NaN or infinite value"),
-        ({"x": np.zeros((2, 3, 4, 4))}, r"shape \(C, H, W\) = \(3, 4, 4\), but the model takes \(1, 4, 4\)"),
+        (
+            {"x": np.zeros((2, 3, 4, 4))},
+            r"shape \(C, H, W\) = \(3, 4, 4\), but the model takes \(1, 4, 4\)",
+        ),
     ],
 )
 def test_load_calibration_refuses_bad_files(
@@ -161,7 +190,7 @@ def test_load_calibration_refuses_bad_files(
 
 
 def test_load_calibration_refuses_missing_and_non_npz_files(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="'.*nope.npz' does not exist; give 'sample'"):
+    with pytest.raises(InputError, match=r"'.*nope\.npz' does not exist; give 'sample'"):
         load_calibration(str(tmp_path / "nope.npz"))
     text = tmp_path / "text.npz"
     text.write_text("not numpy")
@@ -171,5 +200,7 @@ def test_load_calibration_refuses_missing_and_non_npz_files(tmp_path: Path) -> N
     np.save(bare, np.zeros((1, 1, 2, 2)))
     with pytest.raises(InputError, match="holds a bare array"):
         load_calibration(str(bare))
-    with pytest.raises(InputError, match=r"sample holds images of shape \(C, H, W\) = \(1, 28, 28\)"):
+    with pytest.raises(
+        InputError, match=r"sample holds images of shape \(C, H, W\) = \(1, 28, 28\)"
+    ):
         load_calibration("sample", expected_shape=(3, 32, 32))

@@ -32,3 +32,11 @@ def test_a_failed_write_keeps_the_old_file_and_no_temporary(
         write_atomic(target, b"new contents")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    target = tmp_path / "a.bin"
+    write_atomic(target, b"x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
