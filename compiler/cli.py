@@ -139,7 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     command("ops", _cmd_ops, "list the torch ops the frontend imports")
     command("zoo", _cmd_zoo, "list the built-in models")
     p = command("demo", _cmd_demo, "the main job on an embedded default model")
-    p.add_argument("--model", default="zoo:resnet8", help="model to run (default zoo:resnet8)")
+    p.add_argument(
+        "--model", default="zoo:resnet8", help="trained model: zoo:resnet8 or zoo:lenet5"
+    )
     return parser
 
 

@@ -1,0 +1,23 @@
+"""The main job end to end on the shipped LeNet-5 and test sample."""
+
+from __future__ import annotations
+
+import pytest
+
+from dopant.compiler.cli import main
+from dopant.compiler.demo import demo
+
+
+def test_demo_reports_float_and_quantized_accuracy(capsys: pytest.CaptureFixture[str]) -> None:
+    results = demo("zoo:lenet5")
+    out = capsys.readouterr().out
+    assert "max error against torch" in out and "W8A8" in out
+    # The shipped LeNet-5 scores 91.4% on the 1000-image sample (measured when it was trained).
+    assert results["float"] == pytest.approx(0.914, abs=0.001)
+    assert abs(results["W8A8"] - results["float"]) <= 0.01
+    assert results["W4A8"] >= results["float"] - 0.03
+
+
+def test_demo_refuses_models_without_trained_weights(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--model", "zoo:vgg_small"]) == 1
+    assert "the demo runs a trained model: zoo:lenet5 or zoo:resnet8" in capsys.readouterr().err
