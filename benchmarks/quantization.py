@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from dopant.compiler.datasets import load_fashion_mnist, load_sample
 from dopant.compiler.evaluate import accuracy, layer_snr
@@ -87,4 +88,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with threadpool_limits(limits=1, user_api="blas"):
+        main()
