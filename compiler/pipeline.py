@@ -30,6 +30,8 @@ _PASSES = {
     "fuse-activation": "dopant.passes.fuse_activation:FuseActivationPass",
     "quantize": "dopant.passes.quantize:QuantizePass",
     "set-batch": "dopant.passes.set_batch:SetBatchPass",
+    "tile": "dopant.passes.tile:TilePass",
+    "convert-qnn-to-accel": "dopant.passes.convert_qnn_to_accel:ConvertQnnToAccelPass",
     "cse": "xdsl.transforms.common_subexpression_elimination:CommonSubexpressionElimination",
     "dce": "xdsl.transforms.dead_code_elimination:DeadCodeElimination",
 }

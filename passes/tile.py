@@ -1,0 +1,176 @@
+"""`tile`: choose tile sizes and loop orders for every integer op that becomes instructions."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from math import gcd
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.passes import ModulePass
+
+from dopant.backend.isa import IsaError
+from dopant.backend.presets import load_target
+from dopant.backend.target import AccelConfig
+from dopant.dialects.errors import DopantError
+from dopant.dialects.qnn import Conv2DOp, LinearOp
+from dopant.passes.tile_conv import ConvBuffers, array_bits, tile_counts
+from dopant.passes.tile_cost import (
+    Estimate,
+    balanced_rows,
+    conv_estimate,
+    largest,
+    options,
+    vector_estimate,
+)
+from dopant.passes.tile_ops import forward, planned_ops, vector_shapes
+from dopant.passes.tile_plan import (
+    ORDERS,
+    PLAN_ATTR,
+    ConvPlan,
+    ConvShape,
+    VectorPlan,
+    set_module_target,
+)
+from dopant.passes.tile_vector import VectorBuffers, VectorShape, fitted
+
+
+@dataclass(frozen=True)
+class TilePass(ModulePass):
+    """Plan every layer's tiles for an accelerator with an analytical cost model.
+
+    Expects: batch-1 integer `qnn` IR from `quantize` (conv2d/linear each followed by the
+    requantize of its si32 accumulator; adds, pools, standalone requantizes, relus, concats,
+    reshapes between `qnn.quantize` and `qnn.dequantize`).
+    Guarantees: every conv2d/linear carries `tile = {n, rows, c, order, cycles}` and every
+    add, pool, standalone requantize, relu and concat `tile = {c, rows, cycles}` (see
+    `tile_plan`), chosen as the cheapest candidate by `tile_cost` (the timing model's
+    per-instruction costs summed per engine and DRAM channel) among those whose buffers fit
+    the scratchpad and accumulator twice (double buffering) beside the parameter buffers and
+    whose fields fit the ISA; the module carries the machine as `accel.config` (JSON), so
+    `convert-qnn-to-accel` runs from text. `target` is a preset name or a .toml path;
+    `dataflow` ("ws"/"os") overrides the target's ("" keeps it).
+    Fails: on an unknown target or dataflow, float or unknown ops (naming them), batch > 1,
+    and a layer no tile fits, naming its path and the smallest tile's needs.
+    """
+
+    name = "tile"
+    target: str = "edge16"
+    dataflow: str = ""
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        config = load_target(self.target, self.dataflow or None)
+        for layer in planned_ops(forward(op)):
+            if isinstance(layer, Conv2DOp | LinearOp):
+                plan = plan_conv(ConvShape.of(layer), config)
+                layer.attributes[PLAN_ATTR] = plan.attr()
+            else:
+                vector = plan_vector(vector_shapes(layer), config, layer.where)
+                layer.attributes[PLAN_ATTR] = vector.attr()
+        set_module_target(op, config)
+
+
+def _estimate(shape: ConvShape, plan: ConvPlan, config: AccelConfig) -> Estimate | None:
+    try:
+        return conv_estimate(shape, plan, config)
+    except IsaError:  # a field too wide for the instruction: not a candidate
+        return None
+
+
+def _conv_candidates(shape: ConvShape, config: AccelConfig) -> list[tuple[int, int]]:
+    """(n, c) pairs to try: n a multiple of the array's columns (or whole groups), c a K-chunk
+    whose taps fill the array's rows."""
+    a_bits = array_bits(shape.x.bits, config.act_bits)
+    fa, fw = config.fusion(array_bits(shape.weight.bits, config.weight_bits), a_bits)
+    if shape.groups > 1:
+        return [(g * shape.og, g * shape.cg) for g in options(shape.groups, 1)]
+    depth, taps = config.rows * fa, shape.kh * shape.kw
+    c_quantum = depth // gcd(depth, taps)
+    n_options = options(shape.n, config.cols * fw)
+    return [(n, c) for n in n_options for c in options(shape.c, c_quantum)]
+
+
+def plan_conv(shape: ConvShape, config: AccelConfig) -> ConvPlan:
+    """The cheapest plan for a conv/linear layer whose buffers fit; DopantError if none."""
+    best: tuple[tuple[int, ...], ConvPlan] | None = None
+    for n, c in _conv_candidates(shape, config):
+
+        def fits(rows: int, n: int = n, c: int = c) -> bool:
+            return ConvBuffers.of(shape, ConvPlan(n, rows, c, "nrc", 0)).fits(config)
+
+        for rows in balanced_rows(shape.oh, largest(fits, shape.oh)):
+            n_tiles, r_tiles, _ = tile_counts(shape, ConvPlan(n, rows, c, "nrc", 0))
+            orders = ORDERS if n_tiles > 1 and r_tiles > 1 else ORDERS[:1]
+            for order in orders:
+                plan = ConvPlan(n, rows, c, order, 0)
+                est = _estimate(shape, plan, config)
+                if est is None:
+                    continue
+                # Ties go to fewer instructions, then to larger tiles.
+                key = (est.cycles, est.instructions, -n, -rows, -c, ORDERS.index(order))
+                if best is None or key < best[0]:
+                    best = (key, ConvPlan(n, rows, c, order, est.cycles))
+    if best is None:
+        raise DopantError(_conv_failure(shape, config))
+    return best[1]
+
+
+def _conv_failure(shape: ConvShape, config: AccelConfig) -> str:
+    n, c = (shape.og, shape.cg) if shape.groups > 1 else (1, 1)
+    smallest = ConvPlan(n, 1, c, "nrc", 0)
+    buffers = ConvBuffers.of(shape, smallest)
+    group = ", one whole group" if shape.groups > 1 else ""
+    why = (
+        f"the smallest tile ({n} output channel(s), 1 output row of {shape.ow}, {c} input "
+        f"channel(s) x {shape.in_rows(1)} x {shape.in_cols} input{group}) needs "
+        f"{buffers.sp_bytes} of {config.scratchpad_bytes} scratchpad bytes and "
+        f"{buffers.acc_words} of {config.accumulator_words} accumulator words with double "
+        "buffering"
+    )
+    if buffers.fits(config):
+        try:
+            conv_estimate(shape, smallest, config)
+        except IsaError as error:
+            why = f"an instruction field does not fit the ISA ({error})"
+    return (
+        f'tile: no tiling of "{shape.path}" ([{shape.c}, {shape.h}, {shape.w}] -> '
+        f"[{shape.n}, {shape.oh}, {shape.ow}], kernel {shape.kh}x{shape.kw}) fits "
+        f"'{config.name}': {why}."
+    )
+
+
+def plan_vector(shapes: Sequence[VectorShape], config: AccelConfig, where: str) -> VectorPlan:
+    """The cheapest plan for a vector-unit layer (all of a concat's copies share it)."""
+    channels, rows_total = max(s.c for s in shapes), max(s.oh for s in shapes)
+
+    def fits(c: int, rows: int) -> bool:
+        return all(
+            VectorBuffers.of(s, fitted(VectorPlan(c, rows, 0), s)).sp_bytes
+            <= config.scratchpad_bytes
+            for s in shapes
+        )
+
+    best: tuple[tuple[int, ...], VectorPlan] | None = None
+    for c in options(channels, 1):
+        most = largest(functools.partial(fits, c), rows_total)
+        for rows in balanced_rows(rows_total, most):
+            plan = VectorPlan(c, rows, 0)
+            try:
+                est = vector_estimate(shapes, plan, config)
+            except IsaError:
+                continue
+            key = (est.cycles, est.instructions, -c, -rows)
+            if best is None or key < best[0]:
+                best = (key, VectorPlan(c, rows, est.cycles))
+    if best is None:
+        need = max(VectorBuffers.of(s, VectorPlan(1, 1, 0)).sp_bytes for s in shapes)
+        shape = shapes[0]
+        raise DopantError(
+            f"tile: no tiling of {where} ([{shape.c}, {shape.h}, {shape.w}]) fits "
+            f"'{config.name}': one channel by one row needs {need} of "
+            f"{config.scratchpad_bytes} scratchpad bytes with double buffering, or its "
+            "instruction fields do not fit the ISA."
+        )
+    return best[1]
