@@ -5,6 +5,7 @@ against torch, then calibrated, quantized to integers and evaluated again."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from dopant.compiler.quantization import CANONICAL, quantize_network
 from dopant.compiler.summary import format_table, op_rows
 from dopant.dialects.errors import InputError
 
-QUANTIZED = {  # name -> quantize options
+QUANTIZED: dict[str, dict[str, Any]] = {  # name -> quantize options
     "W8A8": {"weight_bits": 8, "act_bits": 8},
     "W4A8": {"weight_bits": 4, "act_bits": 8, "weight_clip": "mse"},
     "W4A4 (first/last 8)": {
