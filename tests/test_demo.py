@@ -16,6 +16,10 @@ def test_demo_reports_float_and_quantized_accuracy(capsys: pytest.CaptureFixture
     assert results["float"] == pytest.approx(0.914, abs=0.001)
     assert abs(results["W8A8"] - results["float"]) <= 0.01
     assert results["W4A8"] >= results["float"] - 0.03
+    # The binary on the simulator computes exactly what the integer reference computes.
+    assert results["W8A8 on the accelerator"] == results["W8A8"]
+    assert "bit-identical to the integer reference on 1000 of 1000 images" in out
+    assert "accelerator 'edge16'" in out and "features.0" in out  # the profile, per layer
 
 
 def test_demo_refuses_models_without_trained_weights(capsys: pytest.CaptureFixture[str]) -> None:
