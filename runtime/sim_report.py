@@ -69,6 +69,8 @@ def layer_table(stats: RunStats) -> str:
         f"{'total':<{width}} {total:>12,} {_percent(total, total):>7} "
         f"{_percent(stats.roofline_cycles, total):>7} {bound:>8} {stalls:>12,} {dram:>14,} "
         f"{stats.macs:>15,}",
+        "(a layer's cycles run from its first instruction's start to its last one's end; "
+        "neighbouring layers overlap, so the shares add up to more than 100%)",
     ]
     return "\n".join(lines)
 
