@@ -34,30 +34,13 @@ def test_compile_keeps_every_stage_and_runs_bit_exact_to_the_reference() -> None
         compile(model, torch.from_numpy(x[:1]), target="small8")
 
 
-TINY = """name = "tiny"
-rows = 4
-cols = 4
-dataflow = "ws"
-scratchpad_kib = 1
-scratchpad_banks = 1
-accumulator_kib = 1
-accumulator_banks = 1
-dram_bytes_per_cycle = 4
-dram_latency_cycles = 10
-clock_mhz = 100.0
-vector_lanes = 4
-"""
-
-
-def test_a_failing_pass_names_its_stage_and_saves_a_reproducer(tmp_path: Path) -> None:
-    target = tmp_path / "tiny.toml"
-    target.write_text(TINY)
+def test_a_failing_pass_names_its_stage_and_saves_a_reproducer(tiny: str) -> None:
     # One output row of a 3x3 conv over 3 rows of 2000 columns needs 6,000 scratchpad bytes
     # twice, more than the 1 KiB the machine has.
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()).eval()
     x = np.random.default_rng(0).uniform(0, 1, (2, 1, 3, 2000)).astype(np.float32)
     with pytest.raises(CompileError) as error:
-        compile(model, torch.from_numpy(x[:1]), target=str(target), calibration=x)
+        compile(model, torch.from_numpy(x[:1]), target=tiny, calibration=x)
     message = str(error.value)
     assert "stage 'tiled' failed in pass 'tile'" in message and "no tiling of" in message
     saved = Path(message.split("The IR before that pass is in ")[1].split(";")[0])

@@ -286,30 +286,6 @@ def networks(draw: st.DrawFn) -> tuple[nn.Module, tuple[int, int, int]]:
     return nn.Sequential(*layers), input_shape
 
 
-# A machine so small that every layer of the random networks is cut into many tiles: row
-# tiles with pooling windows across their edges, K-chunks, partial channel tiles.
-TINY = """name = "tiny"
-rows = 4
-cols = 4
-dataflow = "ws"
-scratchpad_kib = 1
-scratchpad_banks = 1
-accumulator_kib = 1
-accumulator_banks = 1
-dram_bytes_per_cycle = 4
-dram_latency_cycles = 10
-clock_mhz = 100.0
-vector_lanes = 4
-"""
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("targets") / "tiny.toml"
-    path.write_text(TINY)
-    return str(path)
-
-
 @settings(max_examples=16, deadline=None)
 @given(
     networks(),
