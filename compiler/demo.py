@@ -23,7 +23,6 @@ from dopant.compiler.pretrained import PRETRAINED, load_pretrained
 from dopant.compiler.quantization import CANONICAL, quantize_network
 from dopant.compiler.summary import format_table, op_rows
 from dopant.dialects.errors import InputError
-from dopant.runtime.stats import profile
 
 TARGET = "edge16"  # the accelerator the demo compiles for (a preset of backend.presets)
 QUANTIZED: dict[str, dict[str, Any]] = {  # name -> quantize options
@@ -108,7 +107,7 @@ def _accelerator(quantized: ModuleOp, x: np.ndarray, y: np.ndarray) -> float:
         f"simulated {len(x)} images in {elapsed:.1f} s: top-1 {score:.2%}; logits bit-identical "
         f"to the integer reference on {same} of {len(x)} images\n"
     )
-    stats = profile(program)
+    stats = program.stats
     print(stats.summary())
     print(stats.table())
     return score

@@ -4,6 +4,7 @@ the simulated accelerator."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,6 +20,7 @@ from dopant.backend.program import (
 
 if TYPE_CHECKING:
     from dopant.runtime.simulator import RunResult
+    from dopant.runtime.stats import RunStats
 
 __all__ = ["LayerRange", "Program", "Segment", "TensorDesc", "element_bytes", "moved_bytes"]
 
@@ -30,6 +32,16 @@ class Program(ProgramImage):
     @staticmethod
     def of(image: ProgramImage) -> Program:
         return Program(**{f.name: getattr(image, f.name) for f in dataclasses.fields(image)})
+
+    @functools.cached_property
+    def stats(self) -> RunStats:
+        """The statistics of a run, from the timing model alone: they depend on the program,
+        not on its inputs, so every run shares one computation."""
+        from dopant.runtime.stats import run_stats
+        from dopant.runtime.timing import schedule
+
+        config = self.accel_config()
+        return run_stats(self, config, schedule(self.instructions, config))
 
     def run(self, *inputs: np.ndarray, trace: bool = False) -> RunResult:
         """Run the program on the functional simulator and the timing model.

@@ -27,7 +27,7 @@ from dopant.dialects.files import write_atomic
 from dopant.runtime import sim_report
 from dopant.runtime.loader import load
 from dopant.runtime.program import Program
-from dopant.runtime.timing import STALLS, Slot, Timeline, schedule
+from dopant.runtime.timing import STALLS, Slot, Timeline
 
 UNLABELLED = "(unlabelled)"  # the row of instructions outside every debug-map range
 
@@ -252,8 +252,7 @@ def run_stats(program: Program, config: AccelConfig, timeline: Timeline) -> RunS
 def profile(program: Program) -> RunStats:
     """The statistics of `program` on the machine it was compiled for, from timing alone (no
     values are computed, so no inputs are needed)."""
-    config = program.accel_config()
-    return run_stats(program, config, schedule(program.instructions, config))
+    return program.stats
 
 
 # ---- the command line's `run` and `profile` -----------------------------------------------
