@@ -51,7 +51,11 @@ class BatchedRunner:
 
 def accuracy(module: ModuleOp, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
     """Top-1 accuracy of `module`'s logits on samples `x` with labels `y`."""
-    logits = BatchedRunner(module, batch_size).run(x)
+    return top1(BatchedRunner(module, batch_size).run(x), y)
+
+
+def top1(logits: np.ndarray, y: np.ndarray) -> float:
+    """The share of samples whose largest logit is at their label."""
     return float(np.mean(logits.argmax(axis=1) == y))
 
 
