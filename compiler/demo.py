@@ -67,7 +67,7 @@ def _demo(name: str) -> dict[str, float]:
     with torch.no_grad():
         expected = model(torch.from_numpy(test.x)).numpy()
     error = float(np.abs(logits - expected).max() / np.abs(expected).max())
-    results = {"float": float(np.mean(logits.argmax(1) == test.y))}
+    results = {"float": top1(logits, test.y)}
     print(
         f"reference interpreter on {len(test)} test images: {elapsed:.2f} s; max error against "
         f"torch {error:.1e} of the output scale\n"
