@@ -13,8 +13,9 @@ instructions), CONST (u32 count, then per segment a 20-byte header dram u64 | bi
 signed u8 | reserved u16 | count u32 | data bytes u32 and the data, the whole record zero-padded
 to a multiple of 8 bytes, so the data always starts 8-byte aligned; elements of 8 bits or fewer
 are packed LSB first, int32 words little endian), IO (JSON {"dram_bytes", "inputs", "outputs"})
-and DEBUG (JSON list of {"name", "start", "stop"}). JSON is UTF-8 with sorted keys and compact
-separators; floats are written by `repr`, so they read back exactly.
+and DEBUG (JSON {"layers": [{"name", "start", "stop"}], "values": [tensor]}: each layer's
+instruction range, and where each intermediate value is left in DRAM). JSON is UTF-8 with
+sorted keys and compact separators; floats are written by `repr`, so they read back exactly.
 
 `read_program` checks the container (layout, checksums, types, sizes); `runtime.loader` checks
 what the program means for the machine. No xDSL here: the simulator side reads binaries.
@@ -51,9 +52,9 @@ from dopant.backend.binary_sections import (
     debug_payload,
     io_payload,
     read_code,
+    read_debug,
     read_io,
     read_json,
-    read_layers,
     read_machine,
     read_segments,
 )
@@ -75,7 +76,7 @@ def write_program(program: ProgramImage) -> bytes:
         (SectionKind.CODE, code_payload(program.instructions)),
         (SectionKind.CONST, const_payload(program.segments)),
         (SectionKind.IO, io_payload(program)),
-        (SectionKind.DEBUG, debug_payload(program.layers)),
+        (SectionKind.DEBUG, debug_payload(program)),
     )
     table_end = HEADER.size + len(sections) * ENTRY.size
     entries, body = bytearray(), bytearray()
@@ -226,7 +227,7 @@ def decode_program(container: Container) -> ProgramImage:
         read_json(container.payload(SectionKind.IO), where), where
     )
     where = container.where(SectionKind.DEBUG)
-    layers = read_layers(read_json(container.payload(SectionKind.DEBUG), where), where)
+    layers, values = read_debug(read_json(container.payload(SectionKind.DEBUG), where), where)
     return ProgramImage(
         config_hash=container.config_hash,
         config=machine.to_dict(),
@@ -236,4 +237,5 @@ def decode_program(container: Container) -> ProgramImage:
         outputs=outputs,
         layers=layers,
         dram_bytes=dram_bytes,
+        values=values,
     )

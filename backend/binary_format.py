@@ -10,7 +10,7 @@ from dopant.backend.isa import INSTRUCTION_BYTES
 from dopant.dialects.errors import DopantError
 
 MAGIC = b"DOPANTPB"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: DEBUG holds layer ranges and intermediate values
 HEADER = struct.Struct("<8sHHI32sQQ")
 ENTRY = struct.Struct("<HHIQQ")
 SEGMENT = struct.Struct("<QBBHII")

@@ -115,35 +115,39 @@ def const_payload(segments: tuple[Segment, ...]) -> bytes:
     return bytes(out)
 
 
-def io_payload(program: ProgramImage) -> bytes:
-    def tensor(desc: TensorDesc) -> dict[str, object]:
-        # An integer scale is written as a float, so a re-written binary has the same bytes.
-        real = isinstance(desc.scale, int | float | np.number) and not isinstance(desc.scale, bool)
-        scale = float(desc.scale) if real else desc.scale
-        return {
-            "name": desc.name,
-            "shape": list(desc.shape),
-            "dram": desc.dram,
-            "bits": desc.bits,
-            "signed": desc.signed,
-            "scale": scale,
-            "zero_point": desc.zero_point,
-        }
+def _tensor_json(desc: TensorDesc) -> dict[str, object]:
+    # An integer scale is written as a float, so a re-written binary has the same bytes.
+    real = isinstance(desc.scale, int | float | np.number) and not isinstance(desc.scale, bool)
+    scale = float(desc.scale) if real else desc.scale
+    return {
+        "name": desc.name,
+        "shape": list(desc.shape),
+        "dram": desc.dram,
+        "bits": desc.bits,
+        "signed": desc.signed,
+        "scale": scale,
+        "zero_point": desc.zero_point,
+    }
 
+
+def io_payload(program: ProgramImage) -> bytes:
     io = {
         "dram_bytes": program.dram_bytes,
-        "inputs": [tensor(t) for t in program.inputs],
-        "outputs": [tensor(t) for t in program.outputs],
+        "inputs": [_tensor_json(t) for t in program.inputs],
+        "outputs": [_tensor_json(t) for t in program.outputs],
     }
     payload = _dumps(io, "IO")
     read_io(read_json(payload, "the IO section"), "the IO section")  # refuse what reads fail
     return payload
 
 
-def debug_payload(layers: tuple[LayerRange, ...]) -> bytes:
-    debug = [{"name": r.name, "start": r.start, "stop": r.stop} for r in layers]
+def debug_payload(program: ProgramImage) -> bytes:
+    debug = {
+        "layers": [{"name": r.name, "start": r.start, "stop": r.stop} for r in program.layers],
+        "values": [_tensor_json(t) for t in program.values],
+    }
     payload = _dumps(debug, "DEBUG")
-    read_layers(read_json(payload, "the DEBUG section"), "the DEBUG section")
+    read_debug(read_json(payload, "the DEBUG section"), "the DEBUG section")
     return payload
 
 
@@ -350,17 +354,23 @@ def _tensor(raw: Any, where: str) -> TensorDesc:
     )
 
 
-def read_layers(raw: Any, where: str) -> tuple[LayerRange, ...]:
+def read_debug(raw: Any, where: str) -> tuple[tuple[LayerRange, ...], tuple[TensorDesc, ...]]:
+    """The debug map: instruction ranges per layer and where each layer's value is left."""
+    debug = _check_keys(raw, ("layers", "values"), where)
     layers = []
-    for index, item in enumerate(_list(raw, where)):
-        entry = _check_keys(item, ("name", "start", "stop"), f"{where} entry {index}")
+    where_layers = f"{where} field layers"
+    for index, item in enumerate(_list(debug["layers"], where_layers)):
+        at = f"{where_layers} entry {index}"
+        entry = _check_keys(item, ("name", "start", "stop"), at)
         layers.append(
             LayerRange(
-                name=_name(entry["name"], f"{where} entry {index} field name"),
-                start=_int(
-                    entry["start"], f"{where} entry {index} field start", 0, MAX_INSTRUCTIONS
-                ),
-                stop=_int(entry["stop"], f"{where} entry {index} field stop", 0, MAX_INSTRUCTIONS),
+                name=_name(entry["name"], f"{at} field name"),
+                start=_int(entry["start"], f"{at} field start", 0, MAX_INSTRUCTIONS),
+                stop=_int(entry["stop"], f"{at} field stop", 0, MAX_INSTRUCTIONS),
             )
         )
-    return tuple(layers)
+    values = tuple(
+        _tensor(item, f"{where} field values[{index}]")
+        for index, item in enumerate(_list(debug["values"], f"{where} field values"))
+    )
+    return tuple(layers), values

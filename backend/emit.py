@@ -1,7 +1,8 @@
 """Emission: an `accel` module to a `ProgramImage` and to `.dpb` bytes.
 
 Instructions are taken in op order; runs of consecutive instructions with the same module path
-become the debug map's layer ranges, so per-layer statistics name the torch layers.
+become the debug map's layer ranges, so per-layer statistics name the torch layers; `value`
+tensors become the debug map's values, where a debugger reads each layer's output.
 """
 
 from __future__ import annotations
@@ -63,8 +64,7 @@ def emit_image(module: ModuleOp) -> ProgramImage:
     """The program an accel module describes."""
     config = module_config(module)
     instructions, paths, segments = [], [], []
-    inputs: list[TensorDesc] = []
-    outputs: list[TensorDesc] = []
+    tensors: dict[str, list[TensorDesc]] = {"input": [], "output": [], "value": []}
     for op in module.body.block.ops:
         if isinstance(op, InstructionOp):
             instructions.append(op.instruction())
@@ -80,20 +80,21 @@ def emit_image(module: ModuleOp) -> ProgramImage:
                 )
             )
         elif isinstance(op, TensorOp):
-            (inputs if op.role.data == "input" else outputs).append(_tensor(op))
+            tensors[op.role.data].append(_tensor(op))
         else:
             raise EmitError(f"{op.name} cannot appear at the top of an accel module.")
-    if not inputs or not outputs:
+    if not tensors["input"] or not tensors["output"]:
         raise EmitError("the accel module declares no input or no output tensor.")
     return ProgramImage(
         config.stable_hash(),
         config.to_dict(),
         tuple(instructions),
         tuple(segments),
-        tuple(inputs),
-        tuple(outputs),
+        tuple(tensors["input"]),
+        tuple(tensors["output"]),
         _layers(paths),
         _dram_bytes(module),
+        tuple(tensors["value"]),
     )
 
 

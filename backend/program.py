@@ -31,8 +31,8 @@ def moved_bytes(count: int, bits: int) -> int:
 
 @dataclass(frozen=True)
 class TensorDesc:
-    """A network input or output in DRAM, with the quantization that maps it to real values:
-    real = scale * (q - zero_point), dense NCHW at `dram`."""
+    """A network input, output or (debug) intermediate value in DRAM, with the quantization
+    that maps it to real values: real = scale * (q - zero_point), dense NCHW at `dram`."""
 
     name: str
     shape: tuple[int, ...]
@@ -103,6 +103,7 @@ class ProgramImage:
     outputs: tuple[TensorDesc, ...]
     layers: tuple[LayerRange, ...]
     dram_bytes: int
+    values: tuple[TensorDesc, ...] = ()  # debug map: where each layer's output is left in DRAM
 
     def accel_config(self) -> AccelConfig:
         """The machine this program was compiled for, rebuilt from `config`."""

@@ -1,9 +1,11 @@
-"""`dopant compile`: a model (zoo:NAME, file.py:factory or a .mlir file) to a `.dpb` binary."""
+"""`dopant compile`: a model (zoo:NAME, file.py:factory or a .mlir file) to a `.dpb` binary;
+`dopant compare`: the same compile, then its numerics layer by layer (`compiler.compare`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from dopant.compiler.cli_quantize import (
     Command,
@@ -13,16 +15,19 @@ from dopant.compiler.cli_quantize import (
     quantize_options,
 )
 
+if TYPE_CHECKING:
+    from xdsl.dialects.builtin import ModuleOp
 
-def _cmd_compile(args: argparse.Namespace) -> None:
-    from dopant.compiler.driver import STAGES, compile_module
+    from dopant.compiler.driver import CompiledModel
+
+
+def _compiled(args: argparse.Namespace) -> tuple[CompiledModel, ModuleOp]:
+    """The model `args` names, compiled as `args` say, and its imported IR."""
+    from dopant.compiler.driver import compile_module
     from dopant.compiler.frontend import import_model
-    from dopant.compiler.irio import ir_text, read_ir
+    from dopant.compiler.irio import read_ir
     from dopant.compiler.models import load_model, parse_shape
-    from dopant.dialects.errors import InputError
 
-    if args.emit and args.emit not in STAGES:
-        raise InputError(f"--emit {args.emit} is not a stage; the stages are {', '.join(STAGES)}.")
     if args.model.endswith(".mlir") or args.model == "-":
         module = read_ir(args.model)
     else:
@@ -38,6 +43,17 @@ def _cmd_compile(args: argparse.Namespace) -> None:
         dataflow=args.dataflow or None,
         **quantize_options(args),
     )
+    return compiled, module
+
+
+def _cmd_compile(args: argparse.Namespace) -> None:
+    from dopant.compiler.driver import STAGES
+    from dopant.compiler.irio import ir_text
+    from dopant.dialects.errors import InputError
+
+    if args.emit and args.emit not in STAGES:
+        raise InputError(f"--emit {args.emit} is not a stage; the stages are {', '.join(STAGES)}.")
+    compiled, _ = _compiled(args)
     if args.output:
         compiled.save(args.output)
     if args.emit:
@@ -51,8 +67,26 @@ def _cmd_compile(args: argparse.Namespace) -> None:
     )
 
 
-def register(command: Command) -> None:
-    p = command("compile", _cmd_compile, "compile a model to an accelerator binary (.dpb)")
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from dopant.compiler.compare import compare
+    from dopant.dialects.errors import DopantError, InputError
+
+    if args.images < 1:
+        raise InputError(f"--images must be at least 1, got {args.images}.")
+    compiled, module = _compiled(args)
+    images = calibration_data(args.inputs or args.calibration or "sample", module)
+    result = compare(compiled, images[: args.images], snr_threshold_db=args.snr_threshold)
+    print(result.table())
+    print(result.summary())
+    mismatch = result.first_mismatch()
+    if mismatch is not None:
+        raise DopantError(
+            f"the simulator diverges from the integer reference first at '{mismatch.name}': "
+            "a compiler or simulator bug; please report it with this model and target."
+        )
+
+
+def _add_compile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="zoo:NAME, path/to/file.py:factory, or a .mlir file")
     p.add_argument("--input-shape", help="input shape such as 1,3,32,32 (zoo models have one)")
     p.add_argument("--target", default="edge16", help="preset (small8, edge16, large32) or .toml")
@@ -60,5 +94,27 @@ def register(command: Command) -> None:
     p.add_argument("--calibration", help="'sample' or a .npz with images 'x' (float models)")
     add_calibration_options(p)
     add_quantize_options(p)
+
+
+def register(command: Command) -> None:
+    p = command("compile", _cmd_compile, "compile a model to an accelerator binary (.dpb)")
+    _add_compile_options(p)
     p.add_argument("-o", "--output", help="output .dpb file")
     p.add_argument("--emit", metavar="STAGE", help="print the IR after STAGE to standard output")
+
+    p = command(
+        "compare",
+        _cmd_compare,
+        "compile a model, then compare every layer: simulator vs integer reference vs float",
+    )
+    _add_compile_options(p)
+    p.add_argument(
+        "--inputs", help="'sample' or a .npz with images 'x' to compare on (default: calibration)"
+    )
+    p.add_argument("--images", type=int, default=4, help="how many images to compare on")
+    p.add_argument(
+        "--snr-threshold",
+        type=float,
+        default=20.0,
+        help="report the first layer whose SNR against float is below this many dB",
+    )

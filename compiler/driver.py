@@ -76,9 +76,10 @@ class CompiledModel:
             self._program = load(self.binary, self.config)
         return self._program
 
-    def run(self, *inputs: np.ndarray, trace: bool = False) -> RunResult:
-        """Run the binary on the simulated accelerator (float inputs, dequantized outputs)."""
-        return self.program.run(*inputs, trace=trace)
+    def run(self, *inputs: np.ndarray, trace: bool = False, values: bool = False) -> RunResult:
+        """Run the binary on the simulated accelerator (float inputs, dequantized outputs;
+        `values` keeps every layer's integer output, as `Program.run`)."""
+        return self.program.run(*inputs, trace=trace, values=values)
 
 
 def _pass_text(p: ModulePass) -> str:

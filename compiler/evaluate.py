@@ -7,16 +7,10 @@ import math
 
 import numpy as np
 from xdsl.dialects.builtin import ModuleOp
-from xdsl.ir import SSAValue
 
 from dopant.compiler.pipeline import run_pipeline
-from dopant.dialects.qnn import (
-    AddOp,
-    QnnOp,
-    QuantizeOp,
-    QuantParamsAttr,
-    RequantizeOp,
-)
+from dopant.dialects.qnn import QnnOp
+from dopant.dialects.qnn_values import output_params
 from dopant.runtime import intops, reference
 
 
@@ -57,22 +51,6 @@ def accuracy(module: ModuleOp, x: np.ndarray, y: np.ndarray, batch_size: int = 2
 def top1(logits: np.ndarray, y: np.ndarray) -> float:
     """The share of samples whose largest logit is at their label."""
     return float(np.mean(logits.argmax(axis=1) == y))
-
-
-def output_params(value: SSAValue) -> QuantParamsAttr | None:
-    """The parameters of an integer activation: those of the op that made it, looking through
-    ops that only move values (pools, reshape, relu, concat keep their input's parameters)."""
-    op = value.owner
-    while True:
-        if isinstance(op, QuantizeOp):
-            return op.params
-        if isinstance(op, RequantizeOp):
-            return op.out_params
-        if isinstance(op, AddOp):
-            return op.out_params
-        if not isinstance(op, QnnOp) or not op.operands:
-            return None
-        op = op.operands[0].owner
 
 
 def snr_db(signal: np.ndarray, approx: np.ndarray) -> float:

@@ -115,9 +115,17 @@ def _instruction_op(definition: InstructionDef) -> type[InstructionOp]:
 INSTRUCTION_OPS: dict[str, type[InstructionOp]] = {d.mnemonic: _instruction_op(d) for d in ISA}
 
 
+TENSOR_ROLES = ("input", "output", "value")
+
+
 @irdl_op_definition
 class TensorOp(IRDLOperation):
-    """A network input or output in DRAM: its name, byte address, shape and quantization."""
+    """A tensor in DRAM: its name, byte address, shape and quantization.
+
+    role `input` / `output`: a network input (the host quantizes it) or output (the host
+    dequantizes it). role `value`: an intermediate activation, named as the reference's
+    `trace` names it, which a debugger reads back after the run (`dopant compare`).
+    """
 
     name = "accel.tensor"
     tensor_name = prop_def(StringAttr)
@@ -142,9 +150,10 @@ class TensorOp(IRDLOperation):
         )
 
     def verify_(self) -> None:
-        if self.role.data not in ("input", "output"):
+        if self.role.data not in TENSOR_ROLES:
             raise VerifyException(
-                f"accel.tensor role must be input or output, got '{self.role.data}'."
+                f"accel.tensor role must be one of {', '.join(TENSOR_ROLES)}, got "
+                f"'{self.role.data}'."
             )
         if self.params.is_per_channel:
             raise VerifyException(

@@ -12,7 +12,7 @@ from xdsl.passes import ModulePass
 
 from dopant.backend.isa import IsaError
 from dopant.backend.target import AccelConfig
-from dopant.dialects.accel import INSTRUCTION_OPS, TensorOp
+from dopant.dialects.accel import INSTRUCTION_OPS, TENSOR_ROLES, TensorOp
 from dopant.dialects.errors import DopantError
 from dopant.dialects.qnn import (
     AddOp,
@@ -28,6 +28,7 @@ from dopant.dialects.qnn import (
     ReshapeOp,
 )
 from dopant.dialects.qnn_base import shape
+from dopant.dialects.qnn_values import output_params, value_names
 from dopant.passes.lower_conv import ConvDram, lower_conv
 from dopant.passes.lower_dram import Dram
 from dopant.passes.lower_requant import layer_requant, requant
@@ -56,11 +57,13 @@ class ConvertQnnToAccelPass(ModulePass):
     the module): `@forward` from `qnn.quantize` of its input to `qnn.dequantize` of its
     results, with zero points 0.
     Guarantees: the module body becomes `accel.tensor` ops for the input (the host quantizes
-    it with the quantize's parameters) and the outputs (the values before dequantize, with
-    their parameters: the host dequantizes), `accel.segment`s for weights (at their width),
-    si32 biases and si32 multiplier tables (m0 then shift, from `intops.quantize_multipliers`
-    as the reference computes them), and the instructions (`lower_conv`, `lower_vector`),
-    each named by its layer's torch module path, ordered by tokens (`lower_schedule`);
+    it with the quantize's parameters), the outputs (the values before dequantize, with
+    their parameters: the host dequantizes) and every computed value (role `value`, named as
+    `reference.trace` names it, for `dopant compare`), `accel.segment`s for weights (at
+    their width), si32 biases and si32 multiplier tables (m0 then shift, from
+    `intops.quantize_multipliers` as the reference computes them), and the instructions
+    (`lower_conv`, `lower_vector`), each named by its layer's torch module path, ordered by
+    tokens (`lower_schedule`);
     `accel.dram_bytes` gives the DRAM size (every value its own region, `lower_dram`; a
     reshape aliases its input, a concat copies its inputs into place). No `qnn` op remains,
     and `backend.emit` makes the binary, which the simulator runs bit-exact to the reference.
@@ -71,8 +74,9 @@ class ConvertQnnToAccelPass(ModulePass):
     name = "convert-qnn-to-accel"
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        lowering = _Lowering(module_target(op))
-        for layer in list(forward(op).body.block.ops):
+        layers = list(forward(op).body.block.ops)
+        lowering = _Lowering(module_target(op), value_names(layers))
+        for layer in layers:
             lowering.lower(layer)
         body = lowering.module_ops()
         for old in list(op.body.block.ops):
@@ -87,6 +91,7 @@ class _Lowering:
     """Walks `@forward` once, emitting instructions and placing values in DRAM."""
 
     config: AccelConfig
+    names: dict[Operation, str]  # each value's name in the reference's trace
     dram: Dram = field(default_factory=Dram)
     schedule: Schedule = field(default_factory=Schedule)
     tensors: list[TensorOp] = field(default_factory=list)
@@ -134,7 +139,17 @@ class _Lowering:
             table=self.dram.words(table, f"{conv.path}/multipliers"),
             out=self.dram.value(rq.output),
         )
+        self._value(rq, dram.out)
         lower_conv(self.schedule, conv, conv_plan(op), self.config, dram, factors.fields)
+
+    def _value(self, op: QnnOp, address: int) -> None:
+        """Record where `op`'s value lives, for debuggers: no region is reused, so every value
+        is still in DRAM when the program ends."""
+        params = output_params(op.results[0])
+        if params is None or params.is_per_channel:
+            return
+        value = op.results[0]
+        self.tensors.append(TensorOp.make("value", self.names[op], address, shape(value), params))
 
     def _constant(self, op: ConstantOp, default_path: str) -> int:
         path = op.path.data if op.path is not None else default_path
@@ -144,6 +159,7 @@ class _Lowering:
         plan, shapes = vector_plan(op), vector_shapes(op)
         result = op.results[0]
         target = Plane(self.dram.value(result), plane(result, op.where), Elem.of(result))
+        self._value(op, target.dram)
         if not isinstance(op, ConcatOp):
             sources = [self._plane(value, op) for value in op.operands]
             params = self._params(op)
@@ -182,10 +198,10 @@ class _Lowering:
     def module_ops(self) -> list[Operation]:
         """The new module body: I/O tensors, segments, then the instructions in order."""
         roles = {t.role.data for t in self.tensors}
-        if roles != {"input", "output"}:
+        if not {"input", "output"} <= roles:
             raise DopantError("the network has no input or no output on the accelerator.")
-        inputs_first = sorted(self.tensors, key=lambda t: t.role.data != "input")
-        ops: list[Operation] = [*inputs_first, *self.dram.segments]
+        by_role = sorted(self.tensors, key=lambda t: TENSOR_ROLES.index(t.role.data))
+        ops: list[Operation] = [*by_role, *self.dram.segments]
         for item in self.schedule.finish():
             try:
                 ops.append(INSTRUCTION_OPS[item.op].of(item.path, **item.fields))

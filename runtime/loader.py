@@ -22,7 +22,7 @@ from dopant.backend.binary import (
     read_container,
 )
 from dopant.backend.isa import ENGINES, INSTRUCTION_BYTES, TOKENS, Instruction
-from dopant.backend.program import ProgramImage, element_bytes
+from dopant.backend.program import ProgramImage, TensorDesc, element_bytes
 from dopant.backend.target import AccelConfig
 from dopant.dialects.errors import DopantError
 from dopant.dialects.shapes import window_out
@@ -298,27 +298,34 @@ def _bits(mask: int) -> list[int]:
     return [t for t in range(TOKENS) if mask >> t & 1]
 
 
+def _dram_span(label: str, start: int, count: int, bits: int, dram_bytes: int) -> int:
+    """The end of a region that lies inside DRAM, int32 data aligned."""
+    end = start + count * element_bytes(bits)
+    if element_bytes(bits) == 4 and start % 4:
+        raise BinaryError(f"{label}: field dram={start} is not 4-byte aligned for int32 data")
+    if end > dram_bytes:
+        raise BinaryError(
+            f"{label}: DRAM bytes [{start}, {end}) run past field dram_bytes={dram_bytes}"
+        )
+    return end
+
+
 def _check_dram(program: ProgramImage) -> None:
-    """Constants and I/O tensors lie inside DRAM, int32 data aligned, none on top of another."""
+    """Constants and I/O tensors lie inside DRAM, int32 data aligned, none on top of another;
+    debug values lie inside DRAM (an output is also a value, so they may share bytes)."""
     regions = [
         (f"constant segment {i}", s.dram, len(s.values), s.bits)
         for i, s in enumerate(program.segments)
     ]
     for kind, tensors in (("input", program.inputs), ("output", program.outputs)):
-        names = [t.name for t in tensors]
-        if len(set(names)) != len(names):
-            raise BinaryError(f"field {kind}s repeats a tensor name: {', '.join(names)}")
+        _unique_names(f"field {kind}s", tensors)
         regions += [(f"{kind} '{t.name}'", t.dram, t.count, t.bits) for t in tensors]
+    _unique_names("the debug map's values", program.values)
+    for t in program.values:
+        _dram_span(f"debug value '{t.name}'", t.dram, t.count, t.bits, program.dram_bytes)
     spans = []
     for label, start, count, bits in regions:
-        end = start + count * element_bytes(bits)
-        if element_bytes(bits) == 4 and start % 4:
-            raise BinaryError(f"{label}: field dram={start} is not 4-byte aligned for int32 data")
-        if end > program.dram_bytes:
-            raise BinaryError(
-                f"{label}: DRAM bytes [{start}, {end}) run past field dram_bytes="
-                f"{program.dram_bytes}"
-            )
+        end = _dram_span(label, start, count, bits, program.dram_bytes)
         if end > start:
             spans.append((start, end, label))
     spans.sort()
@@ -328,6 +335,13 @@ def _check_dram(program: ProgramImage) -> None:
                 f"{next_label}: field dram={next_start} puts DRAM bytes [{next_start}, "
                 f"{next_end}) on top of {label} at [{start}, {end})"
             )
+
+
+def _unique_names(what: str, tensors: tuple[TensorDesc, ...]) -> None:
+    names = [t.name for t in tensors]
+    if len(set(names)) != len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        raise BinaryError(f"{what} repeats a tensor name: {', '.join(repeated)}")
 
 
 def _check_layers(program: ProgramImage) -> None:

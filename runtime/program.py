@@ -43,21 +43,22 @@ class Program(ProgramImage):
         config = self.accel_config()
         return run_stats(self, config, schedule(self.instructions, config))
 
-    def run(self, *inputs: np.ndarray, trace: bool = False) -> RunResult:
+    def run(self, *inputs: np.ndarray, trace: bool = False, values: bool = False) -> RunResult:
         """Run the program on the functional simulator and the timing model.
 
         Each float input is quantized with its TensorDesc (round half to even) into DRAM; the
         outputs come back dequantized (`.outputs`) and as integers (`.raw_outputs`), with the
-        run's `.stats` and, with `trace`, a Chrome trace (`.trace`). InputError names an input
+        run's `.stats`, with `trace` a Chrome trace (`.trace`) and with `values` every
+        intermediate value of the debug map as integers (`.values`). InputError names an input
         of the wrong count, shape or dtype; SimulationError an instruction that cannot run.
         """
         # Imported here: the simulator imports this module for Program.
         from dopant.runtime import simulator
 
-        return simulator.run(self, inputs, trace)
+        return simulator.run(self, inputs, trace, values)
 
-    def run_raw(self, *inputs: np.ndarray, trace: bool = False) -> RunResult:
+    def run_raw(self, *inputs: np.ndarray, trace: bool = False, values: bool = False) -> RunResult:
         """`run` for already-quantized inputs: integer arrays within each input's range."""
         from dopant.runtime import simulator
 
-        return simulator.run_raw(self, inputs, trace)
+        return simulator.run_raw(self, inputs, trace, values)

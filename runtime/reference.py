@@ -24,7 +24,6 @@ Float semantics (f32 tensors) equal torch to about 1e-6 of each output's magnitu
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -46,6 +45,7 @@ from dopant.dialects import qnn
 from dopant.dialects.errors import ExecutionError, InputError
 from dopant.dialects.qnn_base import ints
 from dopant.dialects.qnn_layers import numpy_dtype, to_numpy
+from dopant.dialects.qnn_values import value_names
 from dopant.runtime import intops, kernels
 
 _EXACT = 2.0**53  # float64 sums of integers below this are exact
@@ -374,19 +374,15 @@ def _check_inputs(fn: FuncOp, inputs: Sequence[object]) -> tuple[np.ndarray, ...
 
 
 class _Recorder(Interpreter.Listener):
-    """Keeps the value of every `qnn` op (constants excepted) under its module path; a path
-    met again gets a suffix: `relu`, `relu#1`, ..."""
+    """Keeps the value of every `qnn` op (constants excepted) under its `value_names` name."""
 
-    def __init__(self) -> None:
+    def __init__(self, fn: FuncOp) -> None:
         self.values: dict[str, np.ndarray] = {}
-        self._seen: Counter[str] = Counter()
+        self._names = value_names(fn.body.walk())
 
     def did_interpret_op(self, op: Operation, results: PythonValues) -> None:
-        if isinstance(op, qnn.QnnOp):
-            path = op.path.data
-            key = f"{path}#{self._seen[path]}" if self._seen[path] else path
-            self._seen[path] += 1
-            self.values[key] = results[0]
+        if op in self._names:
+            self.values[self._names[op]] = results[0]
 
 
 def _execute(
@@ -423,6 +419,6 @@ def trace(
 ) -> dict[str, np.ndarray]:
     """Run like `run` and return the value of every `qnn` op (not constants) by module path,
     in execution order; a path used by several ops gets `#1`, `#2`, ... from its second use."""
-    recorder = _Recorder()
+    recorder = _Recorder(_function(module, function))
     _execute(module, inputs, function, (recorder,))
     return recorder.values

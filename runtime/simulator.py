@@ -43,6 +43,7 @@ class RunResult:
     raw_outputs: tuple[np.ndarray, ...]  # int64, the integers in DRAM
     stats: RunStats
     trace: dict[str, Any] | None  # Chrome/Perfetto trace when asked for
+    values: dict[str, np.ndarray]  # int64 intermediate values by debug-map name, when asked for
 
 
 def execute(instructions: Sequence[Instruction], mem: Memories) -> None:
@@ -123,7 +124,18 @@ def _raw_inputs(program: Program, inputs: Sequence[object]) -> list[np.ndarray]:
     return raw
 
 
-def _simulate(program: Program, raw_inputs: Sequence[np.ndarray], trace: bool) -> RunResult:
+def _read(mem: Memories, descs: Sequence[TensorDesc], what: str) -> list[np.ndarray]:
+    try:
+        return [
+            read_dense(mem.dram, d.dram, d.count, d.bits, d.signed).reshape(d.shape) for d in descs
+        ]
+    except SimulationError as error:
+        raise SimulationError(f"the program's {what} cannot be read: {error}") from None
+
+
+def _simulate(
+    program: Program, raw_inputs: Sequence[np.ndarray], trace: bool, keep_values: bool
+) -> RunResult:
     mem = Memories.empty(program.accel_config(), program.dram_bytes)
     try:
         for segment in program.segments:
@@ -133,26 +145,26 @@ def _simulate(program: Program, raw_inputs: Sequence[np.ndarray], trace: bool) -
     except SimulationError as error:
         raise SimulationError(f"the program's DRAM image cannot be built: {error}") from None
     execute(program.instructions, mem)
-    try:
-        raw = tuple(
-            read_dense(mem.dram, d.dram, d.count, d.bits, d.signed).reshape(d.shape)
-            for d in program.outputs
-        )
-    except SimulationError as error:
-        raise SimulationError(f"the program's outputs cannot be read: {error}") from None
+    raw = tuple(_read(mem, program.outputs, "outputs"))
+    kept = program.values if keep_values else ()
+    debug = dict(zip((d.name for d in kept), _read(mem, kept, "debug values"), strict=True))
     floats = tuple(
         intops.dequantize(q, d.scale, d.zero_point)
         for q, d in zip(raw, program.outputs, strict=True)
     )
     stats = program.stats  # the same for every input: computed once per program
-    return RunResult(floats, raw, stats, stats.chrome_trace() if trace else None)
+    return RunResult(floats, raw, stats, stats.chrome_trace() if trace else None, debug)
 
 
-def run(program: Program, inputs: Sequence[object], trace: bool = False) -> RunResult:
+def run(
+    program: Program, inputs: Sequence[object], trace: bool = False, values: bool = False
+) -> RunResult:
     """Quantize float `inputs`, run `program`, and dequantize its outputs (`Program.run`)."""
-    return _simulate(program, quantize_inputs(program, inputs), trace)
+    return _simulate(program, quantize_inputs(program, inputs), trace, values)
 
 
-def run_raw(program: Program, inputs: Sequence[object], trace: bool = False) -> RunResult:
+def run_raw(
+    program: Program, inputs: Sequence[object], trace: bool = False, values: bool = False
+) -> RunResult:
     """Run `program` on already-quantized integer `inputs` (`Program.run_raw`)."""
-    return _simulate(program, _raw_inputs(program, inputs), trace)
+    return _simulate(program, _raw_inputs(program, inputs), trace, values)

@@ -95,7 +95,7 @@ def build_file(payloads: dict[SectionKind, bytes], config_hash: bytes) -> bytes:
     content = bytearray(-(-offset // 8) * 8)
     total = len(content) + 32
     content[:64] = struct.pack(
-        "<8sHHI32sQQ", b"DOPANTPB", 1, len(payloads), 0, config_hash, total, 0
+        "<8sHHI32sQQ", b"DOPANTPB", 2, len(payloads), 0, config_hash, total, 0
     )
     content[64 : 64 + len(entries)] = entries
     for at, payload in placed:
@@ -331,8 +331,10 @@ def test_duplicate_and_missing_sections_are_refused() -> None:
         (SectionKind.IO, dumps({"dram_bytes": 1 << 40, "inputs": [], "outputs": []}), "field dram_bytes must be an integer in"),
         (SectionKind.IO, dumps({"dram_bytes": 1, "inputs": [{"name": "x", "shape": [1 << 20, 1 << 20], "dram": 0, "bits": 8, "signed": True, "scale": 1.0, "zero_point": 0}], "outputs": []}), "has over 268435456 elements"),
         (SectionKind.IO, dumps({"dram_bytes": 1, "inputs": [], "outputs": [], "x": 1}), "exactly the keys"),
-        (SectionKind.DEBUG, dumps([{"name": "a", "start": 1 << 40, "stop": 0}]), "entry 0 field start must be"),
-        (SectionKind.DEBUG, b'[{"name":"a","start":1e999,"stop":0}]', "is not finite"),
+        (SectionKind.DEBUG, dumps({"layers": [{"name": "a", "start": 1 << 40, "stop": 0}], "values": []}), "field layers entry 0 field start must be"),
+        (SectionKind.DEBUG, b'{"layers":[{"name":"a","start":1e999,"stop":0}],"values":[]}', "is not finite"),
+        (SectionKind.DEBUG, dumps([{"name": "a", "start": 0, "stop": 0}]), "must be a JSON object with exactly the keys layers, values"),
+        (SectionKind.DEBUG, dumps({"layers": [], "values": [{"name": "v", "shape": [2], "dram": 0, "bits": 16, "signed": True, "scale": 1.0, "zero_point": 0}]}), r"field values\[0\].bits must be one of"),
     ],
 )  # fmt: skip
 def test_malformed_sections_are_refused(kind: SectionKind, payload: bytes, message: str) -> None:

@@ -135,7 +135,17 @@ def test_the_accel_module_holds_io_segments_and_balanced_tokens() -> None:
     assert [(t.role.data, t.tensor_name.data) for t in tensors] == [
         ("input", "input"),
         ("output", "output"),
+        # Every computed value, named as reference.trace names it (relus are fused into the
+        # convs, the flatten aliases its input), for `dopant compare`.
+        ("value", "features.0/requantize"),
+        ("value", "features.2"),
+        ("value", "features.3/requantize"),
+        ("value", "features.5"),
+        ("value", "classifier.1/requantize"),
+        ("value", "classifier.3/requantize"),
+        ("value", "classifier.5/requantize"),
     ]
+    assert tensors[1].dram.value.data == tensors[-1].dram.value.data  # the output is a value
     segments = {op.path.data: str(op.element()) for op in ops if isinstance(op, SegmentOp)}
     assert segments["features.0.weight"] == "si4" and segments["features.0.bias"] == "si32"
     assert segments["features.0/multipliers"] == "si32"
