@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ class CompiledModel:
     config: AccelConfig
     binary: bytes
     stages: dict[str, ModuleOp] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
     _program: Program | None = None
 
     def ir(self, stage: str) -> ModuleOp:
@@ -131,21 +133,33 @@ def compile_module(
             f"unknown quantize option(s) {sorted(quantize_options)}; the options are {names}."
         ) from None
     stages: dict[str, ModuleOp] = {}
+    seconds: dict[str, float] = {}
     module = module.clone()
+    start = time.perf_counter()
+
+    def keep(stage: str) -> None:
+        """Record the stage's wall time and its IR (the copy is not timed)."""
+        nonlocal start
+        seconds[stage] = time.perf_counter() - start
+        stages[stage] = module.clone()
+        start = time.perf_counter()
+
     stages["imported"] = module.clone()
     if not _is_quantized(module):
         _run_stage("canonical", module, parse("fold-batchnorm{strict=true},fuse-activation"))
-        stages["canonical"] = module.clone()
+        keep("canonical")
         if calibration is not None:
             calibrate(module, calibration, method)
-        stages["calibrated"] = module.clone()
+        keep("calibrated")
         _run_stage("quantized", module, [quantizer])
-    stages["quantized"] = module.clone()
+    keep("quantized")
     _run_stage("tiled", module, parse(_tile_spec(config)))
-    stages["tiled"] = module.clone()
+    keep("tiled")
     _run_stage("accel", module, parse("convert-qnn-to-accel"))
-    stages["accel"] = module
-    return CompiledModel(config, emit_binary(module), stages)
+    keep("accel")
+    binary = emit_binary(stages["accel"])
+    seconds["binary"] = time.perf_counter() - start
+    return CompiledModel(config, binary, stages, seconds)
 
 
 def _tile_spec(config: AccelConfig) -> str:
@@ -178,8 +192,10 @@ def compile(
             "compile needs calibration samples to quantize the model; pass "
             "calibration=<array of shape (N, C, H, W)>."
         )
+    start = time.perf_counter()
     module = import_model(model, example_inputs)
-    return compile_module(
+    import_seconds = time.perf_counter() - start
+    compiled = compile_module(
         module,
         target=target,
         calibration=calibration,
@@ -188,3 +204,5 @@ def compile(
         act_bits=act_bits,
         **options,
     )
+    compiled.stage_seconds = {"imported": import_seconds, **compiled.stage_seconds}
+    return compiled

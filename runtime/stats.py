@@ -56,6 +56,8 @@ class LayerStats:
     traffic_bytes: dict[str, int]
     compute_bound_cycles: float
     memory_bound_cycles: float
+    fold_model_cycles: int  # SCALE-Sim's per-fold model over the layer's convs, for comparison
+    compute_span_cycles: int  # first start to last end of its compute-engine instructions
 
     @property
     def cycles(self) -> int:
@@ -88,6 +90,8 @@ class LayerStats:
             "compute_bound_cycles": self.compute_bound_cycles,
             "memory_bound_cycles": self.memory_bound_cycles,
             "roofline_cycles": self.roofline_cycles,
+            "fold_model_cycles": self.fold_model_cycles,
+            "compute_span_cycles": self.compute_span_cycles,
             "utilization": self.utilization,
             "bound": self.bound,
         }
@@ -188,6 +192,12 @@ def _layer(
     busy = dict.fromkeys(ENGINES, 0)
     for slot in slots:
         busy[slot.engine] += slot.cycles
+    computing = [slot for slot in slots if slot.engine == "compute"]
+    compute_span = (
+        max(s.end_cycle for s in computing) - min(s.start_cycle for s in computing)
+        if computing
+        else 0
+    )
     return LayerStats(
         name=name,
         instructions=len(indices),
@@ -198,6 +208,8 @@ def _layer(
         macs=sum(c.macs for c in costs),
         traffic_bytes=traffic.to_dict(),
         compute_bound_cycles=sum(c.compute_bound_cycles for c in costs),
+        fold_model_cycles=sum(c.fold_model_cycles for c in costs),
+        compute_span_cycles=compute_span,
         memory_bound_cycles=traffic.dram_bytes / config.dram_bytes_per_cycle,
     )
 

@@ -24,6 +24,8 @@ def test_compile_keeps_every_stage_and_runs_bit_exact_to_the_reference() -> None
     model = zoo.get("lenet5").build().eval()
     compiled = compile(model, torch.from_numpy(x[:1]), target="small8", calibration=x)
     assert list(compiled.stages) == list(STAGES)
+    assert list(compiled.stage_seconds) == [*STAGES, "binary"]
+    assert all(0.0 < t < 60.0 for t in compiled.stage_seconds.values())
     assert not [op for op in compiled.ir("accel").walk() if op.name.startswith("qnn.")]
     (expected,) = reference.run(compiled.ir("quantized"), x[:1])
     (got,) = compiled.run(x[:1]).outputs

@@ -140,6 +140,8 @@ def test_conv_cycles_per_dataflow_and_bitfusion_width(
     stats = timed(conv_line(w_bits, a_bits), config)
     assert stats.total_cycles == stats.engines["compute"].busy_cycles == cycles
     assert stats.fold_model_cycles == fold_model
+    assert sum(layer.fold_model_cycles for layer in stats.layers) == fold_model
+    assert max(layer.compute_span_cycles for layer in stats.layers) == cycles  # the one conv
     assert stats.compute_bound_cycles == bound and stats.macs == 5400
     # BitFusion: a w x a MAC uses (w / 2) * (a / 2) of the 16 bricks: 0.2 pJ * w * a / 64.
     assert stats.energy_pj["mac"] == pytest.approx(5400 * 0.2 * w_bits * a_bits / 64)
