@@ -41,6 +41,7 @@ def _compiled(args: argparse.Namespace) -> tuple[CompiledModel, ModuleOp]:
         calibration=data,
         method=args.method,
         dataflow=args.dataflow or None,
+        pipeline=args.pipeline,
         **quantize_options(args),
     )
     return compiled, module
@@ -92,6 +93,11 @@ def _add_compile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="edge16", help="preset (small8, edge16, large32) or .toml")
     p.add_argument("--dataflow", choices=("ws", "os"), help="override the target's dataflow")
     p.add_argument("--calibration", help="'sample' or a .npz with images 'x' (float models)")
+    p.add_argument(
+        "--pipeline",
+        help="passes for the canonical stage instead of 'fold-batchnorm{strict=true},"
+        "fuse-activation' (float models)",
+    )
     add_calibration_options(p)
     add_quantize_options(p)
 

@@ -4,7 +4,7 @@ It reads as its stages, in order, each one's IR kept and dumpable (`CompiledMode
 `dopant compile --emit STAGE`):
 
     imported    torch.export -> qnn                        (frontend.import_model)
-    canonical   fold-batchnorm, fuse-activation
+    canonical   fold-batchnorm, fuse-activation            (or the caller's `pipeline`)
     calibrated  activation ranges from sample data         (calibrate)
     quantized   quantize                                   (integer-only qnn)
     tiled       tile{target=...}                           (tile plans on the ops)
@@ -47,6 +47,7 @@ from dopant.runtime.program import Program
 from dopant.runtime.simulator import RunResult
 
 STAGES = ("imported", "canonical", "calibrated", "quantized", "tiled", "accel")
+CANONICAL_PIPELINE = "fold-batchnorm{strict=true},fuse-activation"
 
 
 class CompileError(DopantError):
@@ -115,11 +116,14 @@ def compile_module(
     calibration: np.ndarray | None = None,
     method: str = "minmax",
     dataflow: str | None = None,
+    pipeline: str | None = None,
     **quantize_options: Any,
 ) -> CompiledModel:
     """Compile float (or already quantized) `qnn` IR for `target`; see the module docstring.
 
     Float IR needs `calibration` samples (N, C, H, W) unless it carries calibration ranges.
+    `pipeline` replaces the canonical stage's passes (CANONICAL_PIPELINE), to add passes of
+    one's own before calibration; it must leave what `quantize` accepts (no batch norm).
     `quantize_options` are QuantizePass's (weight_bits, act_bits, overrides, ...).
     """
     config = target if isinstance(target, AccelConfig) else load_target(target)
@@ -145,8 +149,15 @@ def compile_module(
         start = time.perf_counter()
 
     stages["imported"] = module.clone()
-    if not _is_quantized(module):
-        _run_stage("canonical", module, parse("fold-batchnorm{strict=true},fuse-activation"))
+    quantized = _is_quantized(module)
+    if quantized and pipeline is not None:
+        raise CompileError(
+            "the input IR is already quantized, so the float pipeline "
+            f"'{pipeline}' cannot run on it; pass float IR or leave pipeline out."
+        )
+    canonical = parse(CANONICAL_PIPELINE if pipeline is None else pipeline)
+    if not quantized:
+        _run_stage("canonical", module, canonical)
         keep("canonical")
         if calibration is not None:
             calibrate(module, calibration, method)
@@ -184,9 +195,14 @@ def compile(
     weight_bits: int = 8,
     act_bits: int = 8,
     method: str = "minmax",
+    pipeline: str | None = None,
     **options: Any,
 ) -> CompiledModel:
-    """Compile a torch model for `target`, calibrating on `calibration` (N, C, H, W samples)."""
+    """Compile a torch model for `target`, calibrating on `calibration` (N, C, H, W samples).
+
+    `pipeline` replaces the canonical passes (see `compile_module`); `options` are
+    `compile_module`'s `dataflow` and QuantizePass's options.
+    """
     if calibration is None:
         raise CompileError(
             "compile needs calibration samples to quantize the model; pass "
@@ -202,6 +218,7 @@ def compile(
         method=method,
         weight_bits=weight_bits,
         act_bits=act_bits,
+        pipeline=pipeline,
         **options,
     )
     compiled.stage_seconds = {"imported": import_seconds, **compiled.stage_seconds}

@@ -13,7 +13,7 @@ from torch import nn
 from dopant.compiler import zoo
 from dopant.compiler.cli import main
 from dopant.compiler.datasets import load_sample
-from dopant.compiler.driver import STAGES, CompileError, compile
+from dopant.compiler.driver import STAGES, CompileError, compile, compile_module
 from dopant.runtime import reference
 from dopant.runtime.loader import load
 
@@ -66,3 +66,21 @@ def test_cli_compile_writes_a_binary_and_emits_a_stage(
     assert "accelerator 'small8'" in capsys.readouterr().out
     assert main([*args, "--emit", "nonsense"]) == 1
     assert "--emit nonsense is not a stage" in capsys.readouterr().err
+
+
+def test_a_custom_canonical_pipeline_replaces_the_default_passes() -> None:
+    torch.manual_seed(0)
+    x = load_sample()[0].x[:8]
+    model = zoo.get("lenet5").build().eval()
+    example = torch.from_numpy(x[:1])
+    # Without fuse-activation the ReLUs stay ops of their own and lower to vector instructions.
+    compiled = compile(model, example, target="small8", calibration=x, pipeline="fold-batchnorm")
+    canonical = [op.name for op in compiled.ir("canonical").walk()]
+    assert canonical.count("qnn.relu") == 4  # two after the convs, two in the classifier
+    default = compile(model, example, target="small8", calibration=x)
+    assert "qnn.relu" not in [op.name for op in default.ir("canonical").walk()]
+    assert len(compiled.program.instructions) > len(default.program.instructions)
+    (expected,) = reference.run(compiled.ir("quantized"), x[:1])
+    assert np.array_equal(expected, compiled.run(x[:1]).outputs[0])
+    with pytest.raises(CompileError, match="already quantized, so the float pipeline"):
+        compile_module(compiled.ir("quantized"), target="small8", pipeline="fold-batchnorm")
