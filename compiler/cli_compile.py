@@ -69,26 +69,47 @@ def _cmd_compile(args: argparse.Namespace) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
-    from dopant.compiler.compare import compare
+    from dopant.compiler.compare import Comparison, compare, compare_program
+    from dopant.compiler.irio import read_ir
     from dopant.dialects.errors import DopantError, InputError
+    from dopant.runtime.loader import load
 
     if args.images < 1:
         raise InputError(f"--images must be at least 1, got {args.images}.")
-    compiled, module = _compiled(args)
-    images = calibration_data(args.inputs or args.calibration or "sample", module)
-    result = compare(compiled, images[: args.images], snr_threshold_db=args.snr_threshold)
+    result: Comparison
+    if args.model.endswith(".dpb"):
+        if not args.ir:
+            raise InputError(
+                f"comparing the binary {args.model} needs --ir, the quantized .mlir it was "
+                "compiled from (dopant compile --emit quantized)."
+            )
+        quantized = read_ir(args.ir)
+        images = calibration_data(args.inputs or "sample", quantized)[: args.images]
+        result = compare_program(
+            load(args.model),
+            quantized,
+            images,
+            float_module=read_ir(args.float_ir) if args.float_ir else None,
+            snr_threshold_db=args.snr_threshold,
+        )
+    else:
+        if args.ir or args.float_ir:
+            raise InputError("--ir and --float-ir go with a .dpb binary, not with a model.")
+        compiled, module = _compiled(args)
+        images = calibration_data(args.inputs or args.calibration or "sample", module)
+        result = compare(compiled, images[: args.images], snr_threshold_db=args.snr_threshold)
     print(result.table())
     print(result.summary())
     mismatch = result.first_mismatch()
     if mismatch is not None:
         raise DopantError(
             f"the simulator diverges from the integer reference first at '{mismatch.name}': "
-            "a compiler or simulator bug; please report it with this model and target."
+            "a compiler or simulator bug, or a binary edited by hand."
         )
 
 
-def _add_compile_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="zoo:NAME, path/to/file.py:factory, or a .mlir file")
+def _add_compile_options(p: argparse.ArgumentParser, also: str = "") -> None:
+    p.add_argument("model", help=f"zoo:NAME, path/to/file.py:factory, or a .mlir file{also}")
     p.add_argument("--input-shape", help="input shape such as 1,3,32,32 (zoo models have one)")
     p.add_argument("--target", default="edge16", help="preset (small8, edge16, large32) or .toml")
     p.add_argument("--dataflow", choices=("ws", "os"), help="override the target's dataflow")
@@ -111,12 +132,14 @@ def register(command: Command) -> None:
     p = command(
         "compare",
         _cmd_compare,
-        "compile a model, then compare every layer: simulator vs integer reference vs float",
+        "compare every layer: simulator vs integer reference vs float (a model, or a .dpb)",
     )
-    _add_compile_options(p)
+    _add_compile_options(p, ", or a .dpb binary (with --ir)")
     p.add_argument(
         "--inputs", help="'sample' or a .npz with images 'x' to compare on (default: calibration)"
     )
+    p.add_argument("--ir", help="with a .dpb MODEL: the quantized .mlir it was compiled from")
+    p.add_argument("--float-ir", help="with a .dpb MODEL: the float .mlir, for the SNR column")
     p.add_argument("--images", type=int, default=4, help="how many images to compare on")
     p.add_argument(
         "--snr-threshold",

@@ -16,11 +16,13 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from xdsl.dialects.builtin import ModuleOp
 
 from dopant.compiler.driver import CompiledModel
 from dopant.compiler.evaluate import BatchedRunner, snr_db
 from dopant.dialects.errors import InputError
 from dopant.runtime import intops
+from dopant.runtime.program import Program
 
 REQUANTIZE_SUFFIX = "/requantize"
 
@@ -125,10 +127,29 @@ def float_name(name: str) -> str:
 def compare(
     compiled: CompiledModel, x: np.ndarray, *, snr_threshold_db: float = 20.0
 ) -> Comparison:
-    """Run `x` (N images, each a network input) through the binary on the simulator, the
-    quantized IR on the integer reference and, when the compile kept it, the float IR, and
-    compare every layer's value; see the module docstring."""
-    program = compiled.program
+    """Compare a compile's binary against its quantized stage and, when the compile kept one,
+    its float stage, on `x` (N network inputs); see `compare_program`."""
+    float_stage = next((s for s in ("calibrated", "canonical") if s in compiled.stages), None)
+    return compare_program(
+        compiled.program,
+        compiled.ir("quantized"),
+        x,
+        float_module=compiled.ir(float_stage) if float_stage else None,
+        snr_threshold_db=snr_threshold_db,
+    )
+
+
+def compare_program(
+    program: Program,
+    quantized: ModuleOp,
+    x: np.ndarray,
+    *,
+    float_module: ModuleOp | None = None,
+    snr_threshold_db: float = 20.0,
+) -> Comparison:
+    """Run `x` (N images, each a network input) through `program` on the simulator, the
+    `quantized` IR it was compiled from on the integer reference and, if given, the float IR,
+    and compare every layer's value; see the module docstring."""
     if not program.values:
         raise InputError(
             "the binary has no debug values to compare (it was emitted without them); "
@@ -142,15 +163,24 @@ def compare(
         run = program.run(image[None], values=True)
         for name, value in run.values.items():
             simulated[name].append(value)
-    reference = BatchedRunner(compiled.ir("quantized"), len(images)).trace(images)
-    float_stage = next((s for s in ("calibrated", "canonical") if s in compiled.stages), None)
-    floats = (
-        BatchedRunner(compiled.ir(float_stage), len(images)).trace(images) if float_stage else {}
-    )
+    reference = BatchedRunner(quantized, len(images)).trace(images)
+    floats = BatchedRunner(float_module, len(images)).trace(images) if float_module else {}
     rows = []
     for desc in program.values:
+        if desc.name not in reference:
+            raise InputError(
+                f"the binary's layer value '{desc.name}' is not a value of the quantized IR; "
+                "compare the binary with the IR it was compiled from."
+            )
         sim = np.concatenate(simulated[desc.name])
-        ref = reference[desc.name].reshape(sim.shape).astype(np.int64)
+        ref = reference[desc.name]
+        if ref.size != sim.size:
+            raise InputError(
+                f"the binary's layer value '{desc.name}' has {sim.size // len(images)} "
+                f"elements per image but the quantized IR's has {ref.size // len(images)}; "
+                "compare the binary with the IR it was compiled from."
+            )
+        ref = ref.reshape(sim.shape).astype(np.int64)
         diff = np.abs(sim - ref)
         real = floats.get(float_name(desc.name))
         snr = None

@@ -15,9 +15,15 @@ def _qnn() -> Dialect:
     return QNN
 
 
+def _accel() -> Dialect:
+    from dopant.dialects.accel import ACCEL
+
+    return ACCEL
+
+
 # xdsl-opt already has cse and dce; offering them twice would clash.
 DOPANT_UNIVERSE = Universe(
-    all_dialects={"qnn": _qnn},
+    all_dialects={"qnn": _qnn, "accel": _accel},
     all_passes={
         name: factory for name, factory in available_passes().items() if name not in ("cse", "dce")
     },

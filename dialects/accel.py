@@ -15,9 +15,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
-from xdsl.context import Context
 from xdsl.dialects.builtin import (
-    Builtin,
     DenseArrayBase,
     DenseIntOrFPElementsAttr,
     IntegerAttr,
@@ -198,13 +196,3 @@ class SegmentOp(IRDLOperation):
 
 
 ACCEL = Dialect("accel", [*INSTRUCTION_OPS.values(), TensorOp, SegmentOp], [])
-
-
-def accel_context() -> Context:
-    """A context that parses accel modules (with the qnn attributes they use)."""
-    from dopant.dialects.qnn import QNN
-
-    ctx = Context()
-    for dialect in (Builtin, QNN, ACCEL):
-        ctx.load_dialect(dialect)
-    return ctx

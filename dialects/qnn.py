@@ -76,8 +76,10 @@ QNN = Dialect(
 
 
 def make_context() -> Context:
-    """A context that parses dopant IR: builtin, func and qnn."""
+    """A context that parses dopant IR at every stage: builtin, func, qnn and accel."""
+    from dopant.dialects.accel import ACCEL  # accel builds on qnn's attributes
+
     ctx = Context()
-    for dialect in (Builtin, Func, QNN):
+    for dialect in (Builtin, Func, QNN, ACCEL):
         ctx.load_dialect(dialect)
     return ctx

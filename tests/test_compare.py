@@ -4,6 +4,7 @@ first corrupted layer named) and of the integer reference against float (SNR).""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,3 +120,34 @@ def test_cli_compare_prints_the_table_and_the_verdicts(capsys: pytest.CaptureFix
     assert "simulator vs integer reference: bit-exact on every layer" in out
     assert main([*args, "--images", "0"]) == 1
     assert capsys.readouterr().err.strip() == "dopant: error: --images must be at least 1, got 0."
+
+
+def test_cli_compares_a_binary_edited_by_hand_with_its_ir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    net, quantized, patched = tmp_path / "net.dpb", tmp_path / "q.mlir", tmp_path / "p.dpb"
+    args = ["zoo:lenet5", "--target", "small8", "--calibration", "sample"]
+    main(["compile", *args, "-o", str(net), "--emit", "quantized"])
+    quantized.write_text(capsys.readouterr().out)
+    assert main(["compare", str(net), "--ir", str(quantized), "--images", "1"]) == 0
+    assert "bit-exact on every layer" in capsys.readouterr().out
+    # Clamp the second conv's outputs at 1 instead of 255 (its store_acc's `hi` field). The
+    # listing's header gives each layer's instruction range.
+    main(["disasm", str(net), "-o", str(tmp_path / "net.s")])
+    lines = (tmp_path / "net.s").read_text().splitlines()
+    (header,) = [line for line in lines if line.startswith("# layer features.3:")]
+    start, stop = map(int, header.split("[")[1].rstrip(")").split(", "))
+    code = [i for i, line in enumerate(lines) if line and not line.startswith("#")]
+    edited = list(lines)
+    for i in code[start:stop]:
+        if edited[i].startswith("store_acc"):
+            edited[i] = edited[i].replace(" hi=255", " hi=1")
+    assert edited != lines
+    (tmp_path / "p.s").write_text("\n".join(edited) + "\n")
+    main(["asm", str(tmp_path / "p.s"), "--binary", str(net), "-o", str(patched)])
+    assert main(["compare", str(patched), "--ir", str(quantized), "--images", "1"]) == 1
+    captured = capsys.readouterr()
+    assert "first diverges at 'features.3/requantize'" in captured.out
+    assert "diverges from the integer reference first at 'features.3/requantize'" in captured.err
+    assert main(["compare", str(net)]) == 1
+    assert "needs --ir, the quantized .mlir" in capsys.readouterr().err

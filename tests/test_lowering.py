@@ -122,6 +122,9 @@ def test_the_same_network_compiles_to_the_same_bytes_also_through_text() -> None
     tiled = parse_ir(ir_text(module))  # convert-qnn-to-accel runs from text
     run_pipeline(tiled, "convert-qnn-to-accel")
     assert emit_binary(tiled) == first
+    accel_text = ir_text(tiled)  # the accel IR round-trips: instructions, tensors, segments
+    assert ir_text(parse_ir(accel_text)) == accel_text
+    assert emit_binary(parse_ir(accel_text)) == first
 
 
 def test_the_accel_module_holds_io_segments_and_balanced_tokens() -> None:
