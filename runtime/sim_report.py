@@ -44,12 +44,13 @@ def summary_text(stats: RunStats) -> str:
 
 
 def layer_table(stats: RunStats) -> str:
-    """One row per layer: cycles (first start to last end), share of the run's cycles (layers
-    overlap in time, so shares need not add up to 100%), roofline utilization, the larger bound,
-    stall cycles of its instructions, DRAM bytes and MACs; then the whole run."""
+    """One row per layer: cycles (first start to last end), the cycles it adds to the run and
+    their share (layers overlap in time, so a layer adds only what it ends after all earlier
+    ones; the adds sum to the run), roofline utilization, the larger bound, stall cycles of its
+    instructions, DRAM bytes and MACs; then the whole run."""
     width = max([len("layer"), len("total")] + [len(layer.name) for layer in stats.layers])
     header = (
-        f"{'layer':<{width}} {'cycles':>12} {'share':>7} {'util':>7} {'bound':>8} "
+        f"{'layer':<{width}} {'cycles':>12} {'adds':>12} {'share':>7} {'util':>7} {'bound':>8} "
         f"{'stalls':>12} {'DRAM bytes':>14} {'MACs':>15}"
     )
     lines = [header, "-" * len(header)]
@@ -57,7 +58,8 @@ def layer_table(stats: RunStats) -> str:
     for layer in stats.layers:
         dram = layer.traffic_bytes["dram_read_bytes"] + layer.traffic_bytes["dram_write_bytes"]
         lines.append(
-            f"{layer.name:<{width}} {layer.cycles:>12,} {_percent(layer.cycles, total):>7} "
+            f"{layer.name:<{width}} {layer.cycles:>12,} {layer.added_cycles:>12,} "
+            f"{_percent(layer.added_cycles, total):>7} "
             f"{_percent(layer.roofline_cycles, layer.cycles):>7} {layer.bound:>8} "
             f"{layer.stall_cycles:>12,} {dram:>14,} {layer.macs:>15,}"
         )
@@ -66,11 +68,11 @@ def layer_table(stats: RunStats) -> str:
     bound = "compute" if stats.compute_bound_cycles >= stats.memory_bound_cycles else "memory"
     lines += [
         "-" * len(header),
-        f"{'total':<{width}} {total:>12,} {_percent(total, total):>7} "
+        f"{'total':<{width}} {total:>12,} {total:>12,} {_percent(total, total):>7} "
         f"{_percent(stats.roofline_cycles, total):>7} {bound:>8} {stalls:>12,} {dram:>14,} "
         f"{stats.macs:>15,}",
-        "(a layer's cycles run from its first instruction's start to its last one's end; "
-        "neighbouring layers overlap, so the shares add up to more than 100%)",
+        "(cycles: a layer's first start to last end, overlapping its neighbours; adds: the "
+        "cycles by which it ends after every earlier layer, which sum to the run's cycles)",
     ]
     return "\n".join(lines)
 

@@ -11,6 +11,7 @@ dram_bytes_per_cycle bytes a cycle, all within the span measured.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -58,6 +59,7 @@ class LayerStats:
     memory_bound_cycles: float
     fold_model_cycles: int  # SCALE-Sim's per-fold model over the layer's convs, for comparison
     compute_span_cycles: int  # first start to last end of its compute-engine instructions
+    added_cycles: int = 0  # how far it moves the run's end past all earlier layers' ends
 
     @property
     def cycles(self) -> int:
@@ -92,6 +94,7 @@ class LayerStats:
             "roofline_cycles": self.roofline_cycles,
             "fold_model_cycles": self.fold_model_cycles,
             "compute_span_cycles": self.compute_span_cycles,
+            "added_cycles": self.added_cycles,
             "utilization": self.utilization,
             "bound": self.bound,
         }
@@ -222,6 +225,18 @@ def _layer_names(program: Program) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _with_added_cycles(layers: list[LayerStats]) -> tuple[LayerStats, ...]:
+    """Each layer's exclusive share of the run: layers overlap, so a layer is charged only the
+    cycles by which it ends after every layer before it. The charges add up to the run's end."""
+    latest_end = 0
+    charged = []
+    for layer in layers:
+        added = max(0, layer.end_cycle - latest_end)
+        latest_end = max(latest_end, layer.end_cycle)
+        charged.append(dataclasses.replace(layer, added_cycles=added))
+    return tuple(charged)
+
+
 def run_stats(program: Program, config: AccelConfig, timeline: Timeline) -> RunStats:
     """The statistics of `timeline`, the schedule of `program` on `config`."""
     names = _layer_names(program)
@@ -231,7 +246,9 @@ def run_stats(program: Program, config: AccelConfig, timeline: Timeline) -> RunS
     # Layers in debug-map order, the unlabelled remainder (if any) last.
     order = [layer.name for layer in program.layers if layer.name in members]
     order += [UNLABELLED] if UNLABELLED in members else []
-    layers = tuple(_layer(name, members[name], timeline, config) for name in dict.fromkeys(order))
+    layers = _with_added_cycles(
+        [_layer(name, members[name], timeline, config) for name in dict.fromkeys(order)]
+    )
     engines = {}
     for engine in ENGINES:
         slots = [s for s in timeline.slots if s.engine == engine]
