@@ -29,6 +29,7 @@ from dopant.compiler.quantization import quantize_network
 from dopant.dialects.accel import InstructionOp, SegmentOp, TensorOp
 from dopant.dialects.errors import PipelineError
 from dopant.dialects.qnn import DequantizeOp, QnnOp
+from dopant.dialects.qnn_values import value_names
 from dopant.passes.tile_plan import set_module_target
 from dopant.runtime import reference
 from dopant.runtime.loader import load
@@ -62,13 +63,7 @@ def compile_ir(module: ModuleOp, target: str, dataflow: str = "") -> bytes:
 def raw_reference(module: ModuleOp, x: np.ndarray) -> list[np.ndarray]:
     """The integers the reference computes for each output, before dequantization."""
     values = reference.trace(module, x)
-    seen: Counter[str] = Counter()
-    keys = {}
-    for op in module.walk():
-        if isinstance(op, QnnOp):
-            path = op.path.data
-            keys[op] = f"{path}#{seen[path]}" if seen[path] else path
-            seen[path] += 1
+    keys = value_names(module.walk())
     outputs = [op for op in module.walk() if isinstance(op, DequantizeOp)]
     return [values[keys[op.input.owner]] for op in outputs]
 
@@ -104,6 +99,9 @@ CASES = [
     ("vgg_small", "small8", "ws", "mixed"),
     ("vgg_small", "edge16", "os", "w8a8"),
     ("vgg_small", "large32", "ws", "w4a8"),
+    # ResNet-18 at 224x224 (1.8 GMAC): about 6 s each.
+    ("resnet18", "edge16", "ws", "w8a8"),
+    ("resnet18", "large32", "os", "mixed"),
 ]
 
 
