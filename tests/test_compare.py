@@ -14,7 +14,7 @@ from dopant.backend.binary import read_program, write_program
 from dopant.backend.emit import emit_binary
 from dopant.compiler import zoo
 from dopant.compiler.cli import main
-from dopant.compiler.compare import compare, float_name
+from dopant.compiler.compare import compare, compare_program, float_name
 from dopant.compiler.datasets import load_sample
 from dopant.compiler.driver import CompiledModel, compile
 from dopant.compiler.evaluate import snr_db
@@ -151,3 +151,16 @@ def test_cli_compares_a_binary_edited_by_hand_with_its_ir(
     assert "diverges from the integer reference first at 'features.3/requantize'" in captured.err
     assert main(["compare", str(net)]) == 1
     assert "needs --ir, the quantized .mlir" in capsys.readouterr().err
+
+
+def test_a_binary_compared_with_another_networks_ir_is_refused(
+    resnet8: tuple[torch.nn.Module, CompiledModel, np.ndarray],
+) -> None:
+    _, compiled, x = resnet8
+    other = compile(
+        zoo.get("lenet5").build().eval(), torch.from_numpy(x[:1]), target="small8", calibration=x
+    )
+    with pytest.raises(
+        InputError, match=r"'features\.0/requantize' is not a value of the quantized"
+    ):
+        compare_program(other.program, compiled.ir("quantized"), x[:1])
