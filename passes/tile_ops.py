@@ -115,27 +115,17 @@ def _pool(op: QnnOp, where: str) -> VectorShape:
     if isinstance(op, GlobalAvgPoolOp):
         window = Window((h, w), (1, 1), (0, 0, 0, 0), ceil_mode=False, avg=True)
     else:
+        if isinstance(op, MaxPool2DOp) and ints(op.dilation) != (1, 1):
+            raise DopantError(f"{where}: the vector unit pools without dilation.")
         kernel, strides, padding = op.pool_props()
-        ceil = op.ceil_mode is not None
-        if isinstance(op, MaxPool2DOp):
-            if ints(op.dilation) != (1, 1):
-                raise DopantError(f"{where}: the vector unit pools without dilation.")
-            window = Window(
-                (kernel[0], kernel[1]),
-                (strides[0], strides[1]),
-                (padding[0], padding[1], padding[2], padding[3]),
-                ceil,
-                avg=False,
-                zero_pad=op.zero_pad is not None,
-            )
-        else:
-            window = Window(
-                (kernel[0], kernel[1]),
-                (strides[0], strides[1]),
-                (padding[0], padding[1], padding[2], padding[3]),
-                ceil,
-                avg=True,
-                count_include_pad=op.count_include_pad is not None,
-            )
+        window = Window(
+            (kernel[0], kernel[1]),
+            (strides[0], strides[1]),
+            (padding[0], padding[1], padding[2], padding[3]),
+            ceil_mode=op.ceil_mode is not None,
+            avg=isinstance(op, AvgPool2DOp),
+            zero_pad=isinstance(op, MaxPool2DOp) and op.zero_pad is not None,
+            count_include_pad=isinstance(op, AvgPool2DOp) and op.count_include_pad is not None,
+        )
     x = Elem.of(op.input)
     return VectorShape("pool", op.path.data, c, h, w, oh, ow, x, x, window=window)

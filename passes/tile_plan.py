@@ -16,6 +16,7 @@ estimate for the layer. The module carries `accel.config`, the AccelConfig as JS
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -40,6 +41,14 @@ CONFIG_ATTR = "accel.config"
 ORDERS = ("nrc", "rnc")
 
 
+def _plan_attr(plan: ConvPlan | VectorPlan) -> DictionaryAttr:
+    """A plan as its `tile` attribute: each field an i64, or a string (the loop order)."""
+    fields = dataclasses.asdict(plan).items()
+    return DictionaryAttr(
+        {k: StringAttr(v) if isinstance(v, str) else IntegerAttr(v, i64) for k, v in fields}
+    )
+
+
 @dataclass(frozen=True)
 class ConvPlan:
     """Tile sizes and loop order of a conv2d or linear layer (with its requantize)."""
@@ -51,15 +60,7 @@ class ConvPlan:
     cycles: int
 
     def attr(self) -> DictionaryAttr:
-        return DictionaryAttr(
-            {
-                "n": IntegerAttr(self.n, i64),
-                "rows": IntegerAttr(self.rows, i64),
-                "c": IntegerAttr(self.c, i64),
-                "order": StringAttr(self.order),
-                "cycles": IntegerAttr(self.cycles, i64),
-            }
-        )
+        return _plan_attr(self)
 
 
 @dataclass(frozen=True)
@@ -71,13 +72,7 @@ class VectorPlan:
     cycles: int
 
     def attr(self) -> DictionaryAttr:
-        return DictionaryAttr(
-            {
-                "c": IntegerAttr(self.c, i64),
-                "rows": IntegerAttr(self.rows, i64),
-                "cycles": IntegerAttr(self.cycles, i64),
-            }
-        )
+        return _plan_attr(self)
 
 
 def _entries(op: QnnOp, names: tuple[str, ...]) -> dict[str, Attribute]:
