@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dopant.backend.target import AccelConfig
-from dopant.dialects.errors import DopantError
 from dopant.passes import tile_vector as tv
 from dopant.passes.lower_schedule import Box, Chip, DoubleBuffer, Schedule
 from dopant.passes.tile_plan import VectorPlan
@@ -31,11 +30,7 @@ def lower_vector(
     `params` is (DRAM address of the parameter words, (lo, hi, rounding)) for vadd/vrequant."""
     plan = tv.fitted(plan, shape)
     buffers = tv.VectorBuffers.of(shape, plan)
-    if buffers.sp_bytes > config.scratchpad_bytes:
-        raise DopantError(
-            f'"{shape.path}": the tile plan needs {buffers.sp_bytes} scratchpad bytes, but '
-            f"'{config.name}' has {config.scratchpad_bytes}; re-run tile."
-        )
+    buffers.check(config, f'"{shape.path}"')
     words = tv.param_words(shape.kind)
     if schedule.flipped:
         buffers = buffers.flipped(config, words)

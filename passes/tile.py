@@ -147,9 +147,7 @@ def plan_vector(shapes: Sequence[VectorShape], config: AccelConfig, where: str) 
 
     def fits(c: int, rows: int) -> bool:
         return all(
-            VectorBuffers.of(s, fitted(VectorPlan(c, rows, 0), s)).sp_bytes
-            <= config.scratchpad_bytes
-            for s in shapes
+            VectorBuffers.of(s, fitted(VectorPlan(c, rows, 0), s)).fits(config) for s in shapes
         )
 
     best: tuple[tuple[int, ...], VectorPlan] | None = None

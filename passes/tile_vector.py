@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from dopant.backend.program import element_bytes
 from dopant.backend.target import AccelConfig
+from dopant.dialects.errors import DopantError
 from dopant.dialects.shapes import window_out
 from dopant.passes.tile_conv import Fields, Pair, spans
 from dopant.passes.tile_plan import Elem, VectorPlan
@@ -144,6 +145,17 @@ class VectorBuffers:
     @property
     def sp_bytes(self) -> int:
         return self.outputs.end
+
+    def fits(self, config: AccelConfig) -> bool:
+        return self.sp_bytes <= config.scratchpad_bytes
+
+    def check(self, config: AccelConfig, where: str) -> None:
+        """DopantError unless the buffers fit `config` (a plan made for another machine)."""
+        if not self.fits(config):
+            raise DopantError(
+                f"{where}: the tile plan needs {self.sp_bytes} scratchpad bytes, but "
+                f"'{config.name}' has {config.scratchpad_bytes}; re-run tile."
+            )
 
     def flipped(self, config: AccelConfig, words: int) -> VectorBuffers:
         """The layout mirrored to the top of both memories (`words` parameter words)."""

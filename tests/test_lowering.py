@@ -20,7 +20,7 @@ from xdsl.dialects.builtin import ModuleOp
 
 from dopant.backend.emit import emit_binary
 from dopant.backend.isa import TOKENS
-from dopant.backend.presets import preset
+from dopant.backend.presets import load_target, preset
 from dopant.compiler import zoo
 from dopant.compiler.frontend import import_model
 from dopant.compiler.irio import ir_text, parse_ir
@@ -342,6 +342,23 @@ def test_convert_needs_the_tile_pass_and_plans_that_fit() -> None:
     fc = next(op for op in module.walk() if isinstance(op, QnnOp) and op.path.data == "fc")
     del fc.attributes["tile"]
     with pytest.raises(PipelineError, match=r'qnn\.linear at "fc" has no tile plan; run the tile'):
+        run_pipeline(module, "convert-qnn-to-accel")
+
+
+def test_convert_refuses_a_vector_plan_made_for_a_bigger_machine(tiny: str) -> None:
+    module = parse_ir("""func.func @forward(%x: tensor<1x16x32x32xf32>) -> tensor<1x16x16x16xf32> {
+  %q = qnn.quantize %x to <ui8, scale = [0.1], zp = [0]> at "input" : tensor<1x16x32x32xf32> -> tensor<1x16x32x32xui8>
+  %p = qnn.max_pool2d %q kernel [2, 2] stride [2, 2] pad [0, 0, 0, 0] dilation [1, 1] at "pool" : tensor<1x16x32x32xui8> -> tensor<1x16x16x16xui8>
+  %y = qnn.dequantize %p from <ui8, scale = [0.1], zp = [0]> at "output" : tensor<1x16x16x16xui8> -> tensor<1x16x16x16xf32>
+  func.return %y : tensor<1x16x16x16xf32>
+}""")  # fmt: skip
+    run_pipeline(module, 'tile{target="large32"}')
+    set_module_target(module, load_target(tiny))
+    # The large32 plan's double buffers hold far more than the tiny machine's 1 KiB.
+    with pytest.raises(
+        PipelineError,
+        match=r'"pool": the tile plan needs \d+ scratchpad bytes, but \'tiny\' has 1024; re-run tile\.',
+    ):
         run_pipeline(module, "convert-qnn-to-accel")
 
 
