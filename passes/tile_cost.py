@@ -141,7 +141,7 @@ def vector_estimate(
                 count = c_count * r_count
                 rows = tv.RowSpan(0, shape.in_rows(rs), 0, 0)
                 est.add("load", tv.load(plane, 0, cs, rows, 0), count * shape.operands)
-                _vector_op(est, shape, cs, rs, count)
+                _vector_op(est, shape, cs, rows, rs, count)
                 est.last = est.add("store", tv.store(out, (cs, rs, shape.ow), (0, 0), 0), count)
         if index == 0:
             rows = tv.RowSpan(0, shape.in_rows(r_step), 0, 0)
@@ -150,9 +150,10 @@ def vector_estimate(
     return est
 
 
-def _vector_op(est: Estimate, shape: tv.VectorShape, cs: int, rs: int, count: int) -> None:
+def _vector_op(
+    est: Estimate, shape: tv.VectorShape, cs: int, rows: tv.RowSpan, rs: int, count: int
+) -> None:
     if shape.kind == "pool":
-        rows = tv.RowSpan(0, shape.in_rows(rs), 0, 0)
         est.add("vpool", tv.vpool(shape, cs, rows, rs, (0, 0)), count)
     elif shape.kind != "copy":
         op, fields = tv.elementwise(shape, cs * rs * shape.ow, (0, 0, 0), 0, (0, 0, 0))
