@@ -204,17 +204,18 @@ def weight_load(shape: ConvShape, t: ConvTile, local: int, dram: int) -> Fields:
 
 def bias_load(shape: ConvShape, t: ConvTile, local: int, dram: int) -> Fields:
     """The tile's biases broadcast over its rows and columns (strides 0) into the accumulator."""
-    return _acc_load(local, dram + 4 * t.n0, (t.ns, t.rs, shape.ow), (1, 0, 0))
+    return acc_load(local, dram + 4 * t.n0, (t.ns, t.rs, shape.ow), (1, 0, 0))
 
 
 def params_load(shape: ConvShape, t: ConvTile, local: int, dram: int) -> Fields:
     """m0[n0..n0+ns) then shift[n0..n0+ns) from the layer's table m0[0..n), shift[0..n)."""
-    return _acc_load(local, dram + 4 * t.n0, (2, 1, t.ns), (shape.n, 0, 1))
+    return acc_load(local, dram + 4 * t.n0, (2, 1, t.ns), (shape.n, 0, 1))
 
 
-def _acc_load(
+def acc_load(
     local: int, dram: int, block: tuple[int, int, int], strides: tuple[int, int, int]
 ) -> Fields:
+    """A d x h x w block of int32 words from DRAM (element strides) into the accumulator."""
     d, h, w = block
     sd, sh, sw = strides
     return {

@@ -20,7 +20,7 @@ from dopant.backend.program import element_bytes
 from dopant.backend.target import AccelConfig
 from dopant.dialects.errors import DopantError
 from dopant.dialects.shapes import window_out
-from dopant.passes.tile_conv import Fields, Pair, spans
+from dopant.passes.tile_conv import Fields, Pair, acc_load, spans
 from dopant.passes.tile_plan import Elem, VectorPlan
 
 KINDS = ("add", "requant", "pool", "copy")
@@ -292,18 +292,4 @@ def elementwise(
 def params_load(kind: str, dram: int, local: int) -> Fields:
     """The layer's parameter words (param_words) into the accumulator at `local`."""
     words = param_words(kind)
-    return {
-        "to_acc": 1,
-        "dram": dram,
-        "local": local,
-        "d": 1,
-        "h": 1,
-        "w": words,
-        "sd": words,
-        "sh": words,
-        "sw": 1,
-        "bits": 32,
-        "signed": 1,
-        "src_h": 1,
-        "src_w": words,
-    }
+    return acc_load(local, dram, (1, 1, words), (words, words, 1))
