@@ -21,10 +21,9 @@ from xdsl.dialects.builtin import ModuleOp
 from dopant.compiler.driver import CompiledModel
 from dopant.compiler.evaluate import BatchedRunner, snr_db
 from dopant.dialects.errors import InputError
+from dopant.dialects.qnn_values import float_name
 from dopant.runtime import intops
 from dopant.runtime.program import Program
-
-REQUANTIZE_SUFFIX = "/requantize"
 
 
 @dataclass(frozen=True)
@@ -114,14 +113,6 @@ class Comparison:
 
 def _db(value: float) -> str:
     return "exact" if math.isinf(value) else f"{value:.1f}"
-
-
-def float_name(name: str) -> str:
-    """The float network's name for an integer value: a conv's or linear's requantized output
-    `P/requantize` is the float output of `P`; every other op keeps its name."""
-    base, hash_sign, count = name.partition("#")
-    base = base.removesuffix(REQUANTIZE_SUFFIX)
-    return f"{base}{hash_sign}{count}"
 
 
 def compare(

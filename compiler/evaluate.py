@@ -10,7 +10,7 @@ from xdsl.dialects.builtin import ModuleOp
 
 from dopant.compiler.pipeline import run_pipeline
 from dopant.dialects.qnn import QnnOp
-from dopant.dialects.qnn_values import output_params
+from dopant.dialects.qnn_values import output_params, requantized_path
 from dopant.runtime import intops, reference
 
 
@@ -76,7 +76,7 @@ def layer_snr(
     }
     rows = []
     for path, value in want.items():
-        key = f"{path}/requantize" if f"{path}/requantize" in got else path
+        key = requantized_path(path) if requantized_path(path) in got else path
         if key not in got or key not in producers:
             continue
         params = output_params(producers[key].results[0])

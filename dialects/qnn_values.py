@@ -13,6 +13,21 @@ from dopant.dialects.qnn_base import QnnOp
 from dopant.dialects.qnn_quant import QuantizeOp, RequantizeOp
 from dopant.dialects.qnn_tensor_ops import AddOp
 
+REQUANTIZE_SUFFIX = "/requantize"
+
+
+def requantized_path(layer: str) -> str:
+    """The path `quantize` gives the requantize of a conv's or linear's accumulator: that
+    requantize's value is the integer counterpart of the float layer's output."""
+    return f"{layer}{REQUANTIZE_SUFFIX}"
+
+
+def float_name(name: str) -> str:
+    """The float network's name for an integer value: `P/requantize` (a conv's or linear's
+    requantized output) is the float output of `P`; every other op keeps its name."""
+    base, hash_sign, count = name.partition("#")
+    return f"{base.removesuffix(REQUANTIZE_SUFFIX)}{hash_sign}{count}"
+
 
 def value_names(ops: Iterable[Operation]) -> dict[Operation, str]:
     """The name of each `qnn` op's value, in program order: its module path, with `#1`, `#2`,

@@ -36,6 +36,7 @@ from dopant.dialects.qnn import (
     RequantizeOp,
 )
 from dopant.dialects.qnn_layers import ACC_TYPE
+from dopant.dialects.qnn_values import requantized_path
 from dopant.passes.quantize_numerics import quantize_bias, quantize_weight
 from dopant.passes.quantize_plan import LayerBits
 
@@ -132,7 +133,7 @@ class Lowering:
         # The accumulator is per output channel: axis 1 of NCHW and of [batch, features].
         acc_axis = QuantParamsAttr.get(acc_scales.tolist(), [0] * len(acc_scales), 32, True, 1)
         self.values[op.output] = self.requantize(
-            acc, acc_axis, self.params[op.output], f"{op.path.data}/requantize", op.act
+            acc, acc_axis, self.params[op.output], requantized_path(op.path.data), op.act
         )
 
     def _add(self, op: AddOp) -> None:
