@@ -11,7 +11,6 @@ dram_bytes_per_cycle bytes a cycle, all within the span measured.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -59,7 +58,7 @@ class LayerStats:
     memory_bound_cycles: float
     fold_model_cycles: int  # SCALE-Sim's per-fold model over the layer's convs, for comparison
     compute_span_cycles: int  # first start to last end of its compute-engine instructions
-    added_cycles: int = 0  # how far it moves the run's end past all earlier layers' ends
+    added_cycles: int  # how far it moves the run's end past all earlier layers' ends
 
     @property
     def cycles(self) -> int:
@@ -187,8 +186,11 @@ def _traffic(costs: Sequence[Cost]) -> Traffic:
 
 
 def _layer(
-    name: str, indices: Sequence[int], timeline: Timeline, config: AccelConfig
+    name: str, indices: Sequence[int], timeline: Timeline, config: AccelConfig, earlier_end: int
 ) -> LayerStats:
+    """One layer's statistics; `earlier_end` is the latest end of the layers before it (layers
+    overlap, so a layer is charged only the cycles by which it ends after all of them: these
+    charges add up to the run's end)."""
     slots = [timeline.slots[i] for i in indices]
     costs = [timeline.costs[i] for i in indices]
     traffic = _traffic(costs)
@@ -201,11 +203,12 @@ def _layer(
         if computing
         else 0
     )
+    end = max(s.end_cycle for s in slots)
     return LayerStats(
         name=name,
         instructions=len(indices),
         start_cycle=min(s.start_cycle for s in slots),
-        end_cycle=max(s.end_cycle for s in slots),
+        end_cycle=end,
         busy_cycles=busy,
         stall_cycles=sum(s.token_wait_cycles + s.dram_wait_cycles for s in slots),
         macs=sum(c.macs for c in costs),
@@ -214,6 +217,7 @@ def _layer(
         fold_model_cycles=sum(c.fold_model_cycles for c in costs),
         compute_span_cycles=compute_span,
         memory_bound_cycles=traffic.dram_bytes / config.dram_bytes_per_cycle,
+        added_cycles=max(0, end - earlier_end),
     )
 
 
@@ -225,18 +229,6 @@ def _layer_names(program: Program) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _with_added_cycles(layers: list[LayerStats]) -> tuple[LayerStats, ...]:
-    """Each layer's exclusive share of the run: layers overlap, so a layer is charged only the
-    cycles by which it ends after every layer before it. The charges add up to the run's end."""
-    latest_end = 0
-    charged = []
-    for layer in layers:
-        added = max(0, layer.end_cycle - latest_end)
-        latest_end = max(latest_end, layer.end_cycle)
-        charged.append(dataclasses.replace(layer, added_cycles=added))
-    return tuple(charged)
-
-
 def run_stats(program: Program, config: AccelConfig, timeline: Timeline) -> RunStats:
     """The statistics of `timeline`, the schedule of `program` on `config`."""
     names = _layer_names(program)
@@ -246,9 +238,11 @@ def run_stats(program: Program, config: AccelConfig, timeline: Timeline) -> RunS
     # Layers in debug-map order, the unlabelled remainder (if any) last.
     order = [layer.name for layer in program.layers if layer.name in members]
     order += [UNLABELLED] if UNLABELLED in members else []
-    layers = _with_added_cycles(
-        [_layer(name, members[name], timeline, config) for name in dict.fromkeys(order)]
-    )
+    layers: list[LayerStats] = []
+    earlier_end = 0
+    for name in dict.fromkeys(order):
+        layers.append(_layer(name, members[name], timeline, config, earlier_end))
+        earlier_end = max(earlier_end, layers[-1].end_cycle)
     engines = {}
     for engine in ENGINES:
         slots = [s for s in timeline.slots if s.engine == engine]
@@ -272,7 +266,7 @@ def run_stats(program: Program, config: AccelConfig, timeline: Timeline) -> RunS
         traffic_bytes=traffic.to_dict(),
         energy_pj=_energy(config, traffic, sum(c.mac_energy_pj for c in timeline.costs)),
         engines=engines,
-        layers=layers,
+        layers=tuple(layers),
         slots=timeline.slots,
         slot_layers=names,
     )
