@@ -411,12 +411,25 @@ def test_the_loader_names_instruction_offset_and_field(
         ({"inputs": (TensorDesc("x", (2,), 4, 8, True, 1.0, 0),)}, "input 'x': field dram=4 puts DRAM bytes [4, 6) on top of constant segment 0 at [0, 9)"),
         ({"layers": (LayerRange("a", 0, 6),)}, "debug map entry 'a': fields start=0, stop=6 are not a range of the 5 instructions"),
         ({"layers": (LayerRange("a", 0, 3), LayerRange("b", 2, 4))}, "debug map entry 'b': field start=2 overlaps 'a', which stops at 3"),
+        ({"values": (TensorDesc("v", (1, 40), 96, 8, True, 1.0, 0),)}, "debug value 'v': DRAM bytes [96, 136) run past field dram_bytes=128"),
+        ({"values": (TensorDesc("v", (1,), 16, 32, True, 1.0, 0),) * 2}, "the debug map's values repeats a tensor name: v"),
     ],
 )  # fmt: skip
 def test_the_loader_checks_dram_and_the_debug_map(change: dict[str, Any], message: str) -> None:
     with pytest.raises(BinaryError) as error:
         load_with(**change)
     assert str(error.value) == message
+
+
+def test_debug_values_may_share_an_outputs_bytes_and_read_back_after_the_run() -> None:
+    # The network's output is also its last layer's value: the loader accepts the overlap.
+    value = TensorDesc("stem.requant", (1, 1, 2, 2), 96, 8, True, 1 / 3, -5)
+    program = load(write_program(dataclasses.replace(PROGRAM, values=(value,))))
+    x = np.linspace(-1.0, 1.0, 16, dtype=np.float32).reshape(1, 1, 4, 4)
+    result = program.run(x, values=True)
+    assert list(result.values) == ["stem.requant"]
+    assert np.array_equal(result.values["stem.requant"], result.raw_outputs[0])
+    assert program.run(x).values == {}  # read back only when asked for
 
 
 def test_the_loader_refuses_a_binary_for_another_machine() -> None:
