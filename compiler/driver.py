@@ -155,9 +155,8 @@ def compile_module(
             "the input IR is already quantized, so the float pipeline "
             f"'{pipeline}' cannot run on it; pass float IR or leave pipeline out."
         )
-    canonical = parse(CANONICAL_PIPELINE if pipeline is None else pipeline)
     if not quantized:
-        _run_stage("canonical", module, canonical)
+        _run_stage("canonical", module, parse(CANONICAL_PIPELINE if pipeline is None else pipeline))
         keep("canonical")
         if calibration is not None:
             calibrate(module, calibration, method)
