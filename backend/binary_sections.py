@@ -30,7 +30,7 @@ from dopant.backend.binary_format import (
     show,
 )
 from dopant.backend.isa import INSTRUCTION_BYTES, Instruction, IsaError, decode, encode
-from dopant.backend.program import LayerRange, ProgramImage, Segment, TensorDesc
+from dopant.backend.program import LayerRange, ProgramImage, Segment, TensorDesc, storage_range
 from dopant.backend.target import AccelConfig
 from dopant.dialects.errors import DopantError
 
@@ -102,7 +102,7 @@ def const_payload(segments: tuple[Segment, ...]) -> bytes:
         elements += len(values)
         if elements > MAX_ELEMENTS:
             raise BinaryError(f"{where}: field values takes the constants past {MAX_ELEMENTS}")
-        low, high = _value_range(segment.bits, segment.signed)
+        low, high = storage_range(segment.bits, segment.signed)
         if len(values) and (values.min() < low or values.max() > high):
             raise BinaryError(
                 f"{where}: field values holds numbers outside [{low}, {high}] of "
@@ -149,10 +149,6 @@ def debug_payload(program: ProgramImage) -> bytes:
     payload = _dumps(debug, "DEBUG")
     read_debug(read_json(payload, "the DEBUG section"), "the DEBUG section")
     return payload
-
-
-def _value_range(bits: int, signed: bool) -> tuple[int, int]:
-    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
 
 
 def _packed_bytes(count: int, bits: int) -> int:
@@ -342,7 +338,7 @@ def _tensor(raw: Any, where: str) -> TensorDesc:
     scale = t["scale"]
     if not isinstance(scale, int | float) or isinstance(scale, bool) or not scale > 0:
         raise BinaryError(f"{where}.scale must be a positive number, got {show(scale)}")
-    low, high = _value_range(bits, t["signed"])
+    low, high = storage_range(bits, t["signed"])
     return TensorDesc(
         name=_name(t["name"], f"{where}.name"),
         shape=shape,

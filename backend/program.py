@@ -24,6 +24,13 @@ def element_bytes(bits: int) -> int:
     return 4 if bits > 8 else 1
 
 
+def storage_range(bits: int, signed: bool) -> tuple[int, int]:
+    """The values an element of `bits` holds: [-2^(bits-1), 2^(bits-1)) or [0, 2^bits)."""
+    if signed:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
 def moved_bytes(count: int, bits: int) -> int:
     """Bytes the DMA moves for `count` elements of `bits` (sub-byte data travels packed)."""
     return -(-count * bits // 8)
@@ -48,11 +55,11 @@ class TensorDesc:
 
     @property
     def qmin(self) -> int:
-        return -(1 << (self.bits - 1)) if self.signed else 0
+        return storage_range(self.bits, self.signed)[0]
 
     @property
     def qmax(self) -> int:
-        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
+        return storage_range(self.bits, self.signed)[1]
 
 
 @dataclass(frozen=True, eq=False)

@@ -11,6 +11,7 @@ from xdsl.ir import BlockArgument, Operation, SSAValue
 from xdsl.passes import ModulePass
 
 from dopant.backend.isa import IsaError
+from dopant.backend.program import storage_range
 from dopant.backend.target import AccelConfig
 from dopant.dialects.accel import INSTRUCTION_OPS, TENSOR_ROLES, TensorOp
 from dopant.dialects.errors import DopantError
@@ -191,8 +192,9 @@ class _Lowering:
         if isinstance(op, ReluOp):
             # max(q, 0) is a rescale by exactly 1.0 clamped below at 0.
             elem = Elem.of(op.output)
+            lo, hi = storage_range(elem.bits, elem.signed)
             identity = np.array(intops.quantize_multiplier(1.0))
-            return self.dram.words(identity, path), (max(0, elem.lo), elem.hi, 0)
+            return self.dram.words(identity, path), (max(0, lo), hi, 0)
         return None
 
     def module_ops(self) -> list[Operation]:

@@ -148,14 +148,6 @@ class Elem:
         """The width an instruction moves it at: 2, 4 or 8 (3 bits travel as 4), or 32."""
         return next(b for b in (2, 4, 8, 32) if b >= self.bits)
 
-    @property
-    def lo(self) -> int:
-        return -(1 << (self.bits - 1)) if self.signed else 0
-
-    @property
-    def hi(self) -> int:
-        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
-
 
 def fused_requantize(op: Conv2DOp | LinearOp) -> RequantizeOp:
     """The requantize that rescales a layer's si32 accumulator (its only user)."""

@@ -22,7 +22,7 @@ from dopant.backend.binary import (
     read_container,
 )
 from dopant.backend.isa import ENGINES, INSTRUCTION_BYTES, TOKENS, Instruction
-from dopant.backend.program import ProgramImage, TensorDesc, element_bytes
+from dopant.backend.program import ProgramImage, TensorDesc, element_bytes, storage_range
 from dopant.backend.target import AccelConfig
 from dopant.dialects.errors import DopantError
 from dopant.dialects.shapes import window_out
@@ -198,8 +198,7 @@ def _store_acc(f: dict[str, int], m: AccelConfig, dram_bytes: int) -> None:
     _at_least_one(f, "d", "h", "w")
     _sp_bits(f)  # the requantized output width; the source is int32 acc
     _in_accumulator(f, "local", f["d"] * f["h"] * f["w"], m)
-    bits = f["bits"]
-    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if f["signed"] else (0, (1 << bits) - 1)
+    low, high = storage_range(f["bits"], bool(f["signed"]))
     _requant(f, f["d"], low, high, m)
     _in_dram(f, f["h"], f["w"], dram_bytes)
 

@@ -18,16 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dopant.backend.program import element_bytes
+from dopant.backend.program import element_bytes, storage_range
 from dopant.backend.target import AccelConfig
 from dopant.runtime.sim_queues import SimulationError
-
-
-def storage_range(bits: int, signed: bool) -> tuple[int, int]:
-    """The values an element of `bits` holds: [-2^(bits-1), 2^(bits-1)) or [0, 2^bits)."""
-    if signed:
-        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return 0, (1 << bits) - 1
 
 
 def _dram_dtype(bits: int, signed: bool) -> np.dtype:

@@ -21,9 +21,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from dopant.backend.program import element_bytes
+from dopant.backend.program import element_bytes, storage_range
 from dopant.runtime import intops, kernels
-from dopant.runtime.sim_memory import Memories, check_fits, dram_block, storage_range
+from dopant.runtime.sim_memory import Memories, check_fits, dram_block
 from dopant.runtime.sim_queues import SimulationError
 
 Fields = dict[str, int]
