@@ -121,6 +121,10 @@ def test_cli_compare_prints_the_table_and_the_verdicts(capsys: pytest.CaptureFix
     assert "simulator vs integer reference: bit-exact on every layer" in out
     assert main([*args, "--images", "0"]) == 1
     assert capsys.readouterr().err.strip() == "dopant: error: --images must be at least 1, got 0."
+    assert main([*args, "--ir", "q.mlir"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "dopant: error: --ir and --float-ir go with a .dpb binary, not with a model."
+    )
 
 
 def test_cli_compares_a_binary_edited_by_hand_with_its_ir(
