@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from dopant.backend.binary import BinaryError, read_binary_file, read_program, save_program
-from dopant.backend.isa import BY_MNEMONIC, Instruction
-from dopant.backend.program import ProgramImage
-from dopant.dialects.files import write_atomic
+from dopant.backend.image import ProgramImage
+from dopant.dialects.isa import BY_MNEMONIC, Instruction
+from dopant.support.files import write_atomic
 
 BINARY_FIELDS = ("wait", "signal")  # token masks read best bit by bit
 

@@ -46,10 +46,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from dopant.backend.isa import Instruction
-from dopant.backend.program import moved_bytes
+from dopant.backend.image import moved_bytes
 from dopant.backend.target import AccelConfig, ConfigError, ceil_div
-from dopant.dialects.errors import DopantError
+from dopant.dialects.isa import Instruction
+from dopant.support.errors import DopantError
 
 Fields = dict[str, int]
 ACC_WORD_BYTES = 4

@@ -12,10 +12,10 @@ import json
 from xdsl.dialects.builtin import IntegerAttr, ModuleOp, Signedness, StringAttr
 
 from dopant.backend.binary import write_program
-from dopant.backend.program import LayerRange, ProgramImage, Segment, TensorDesc
+from dopant.backend.image import LayerRange, ProgramImage, Segment, TensorDesc
 from dopant.backend.target import AccelConfig
 from dopant.dialects.accel import InstructionOp, SegmentOp, TensorOp
-from dopant.dialects.errors import DopantError
+from dopant.support.errors import DopantError
 
 
 class EmitError(DopantError):

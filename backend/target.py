@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dopant.dialects.errors import DopantError
+from dopant.support.errors import DopantError
 
 DATAFLOWS = ("ws", "os")  # weight stationary, output stationary (Samajdar et al., SCALE-Sim)
 

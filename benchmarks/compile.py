@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from dopant.compiler import zoo
 from dopant.compiler.driver import CompiledModel
 from dopant.compiler.driver import compile as compile_model
+from dopant.compiler.models import zoo
 from dopant.runtime.stats import LayerStats, RunStats
 
 FOLD_MODEL_SLACK = 1.1  # the bound: at most 10% over the fold model

@@ -14,9 +14,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from dopant.compiler import zoo
 from dopant.compiler.frontend import import_model
 from dopant.compiler.irio import ir_text
+from dopant.compiler.models import zoo
 from dopant.compiler.pipeline import run_pipeline
 from dopant.compiler.summary import op_rows
 from dopant.runtime import reference

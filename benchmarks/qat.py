@@ -16,12 +16,12 @@ import time
 import torch
 from threadpoolctl import threadpool_limits
 
-from dopant.compiler.datasets import load_fashion_mnist, load_sample
 from dopant.compiler.evaluate import accuracy
+from dopant.compiler.fakequant import FakeQuantNetwork, finetune
 from dopant.compiler.frontend import import_model
+from dopant.compiler.models.datasets import load_fashion_mnist, load_sample
+from dopant.compiler.models.pretrained import load_pretrained
 from dopant.compiler.pipeline import run_pipeline
-from dopant.compiler.pretrained import load_pretrained
-from dopant.compiler.qat import FakeQuantNetwork, finetune
 from dopant.compiler.quantization import CANONICAL, quantize_network
 
 SETTINGS = {

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from dopant.compiler.datasets import load_fashion_mnist, load_sample
 from dopant.compiler.evaluate import accuracy, layer_snr
+from dopant.compiler.fakequant import FakeQuantNetwork
 from dopant.compiler.frontend import import_model
+from dopant.compiler.models.datasets import load_fashion_mnist, load_sample
+from dopant.compiler.models.pretrained import load_pretrained
 from dopant.compiler.pipeline import run_pipeline
-from dopant.compiler.pretrained import load_pretrained
-from dopant.compiler.qat import FakeQuantNetwork
 from dopant.compiler.quantization import CANONICAL, quantize_network
 
 CONFIGS = {  # name -> QuantizePass options; sub-8-bit weights use MSE-optimal clipping

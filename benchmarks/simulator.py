@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from dopant.compiler import zoo
 from dopant.compiler.driver import compile as compile_model
+from dopant.compiler.models import zoo
 
 
 def main() -> None:

@@ -1,13 +1,13 @@
 """Train a zoo model on the full Fashion-MNIST train set and write the weights dopant ships.
 
     python benchmarks/train_fashion.py --model lenet5 --epochs 30 \\
-        --out compiler/data/lenet5_fashion.npz
+        --out compiler/models/data/lenet5_fashion.npz
     python benchmarks/train_fashion.py --model resnet8 --epochs 20 \\
-        --out compiler/data/resnet8_fashion.npz
+        --out compiler/models/data/resnet8_fashion.npz
 
 Prints one row per epoch (mean training loss and accuracy on augmented batches, accuracy on the
 full 10k test set, seconds including that evaluation) and the total wall time. The recipe is
-`dopant.compiler.train.train` with its defaults; data from Debian's dataset-fashion-mnist.
+`dopant.compiler.models.train.train` with its defaults; data from Debian's dataset-fashion-mnist.
 Runs with 2 torch threads (the 2-core development VM).
 """
 
@@ -18,7 +18,7 @@ import platform
 
 import torch
 
-from dopant.compiler.train import main_train
+from dopant.compiler.models.train import main_train
 
 
 def cpu_name() -> str:

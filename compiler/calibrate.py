@@ -23,10 +23,10 @@ from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, ModuleOp, StringAtt
 from xdsl.dialects.func import FuncOp
 
 from dopant.compiler.evaluate import BatchedRunner
-from dopant.dialects.errors import InputError
 from dopant.dialects.qnn import CalibrationAttr, QnnOp
-from dopant.dialects.qnn_attrs import CALIBRATION_METHODS
-from dopant.dialects.qnn_base import is_float
+from dopant.dialects.qnn.attrs import CALIBRATION_METHODS
+from dopant.dialects.qnn.base import is_float
+from dopant.support.errors import InputError
 
 ACT_BITS = (8, 4, 2)  # the activation widths quantize offers (BitFusion bricks)
 HISTOGRAM_BINS = 2048  # over [0, max |x|]; TensorRT's entropy calibrator uses 2048 as well

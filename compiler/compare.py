@@ -20,10 +20,10 @@ from xdsl.dialects.builtin import ModuleOp
 
 from dopant.compiler.driver import CompiledModel
 from dopant.compiler.evaluate import BatchedRunner, snr_db
-from dopant.dialects.errors import InputError
-from dopant.dialects.qnn_values import float_name
+from dopant.dialects.qnn.values import float_name
 from dopant.runtime import intops
 from dopant.runtime.program import Program
+from dopant.support.errors import InputError
 
 
 @dataclass(frozen=True)

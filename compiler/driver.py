@@ -37,14 +37,14 @@ from dopant.compiler.calibrate import calibrate
 from dopant.compiler.frontend import import_model
 from dopant.compiler.irio import ir_text
 from dopant.compiler.pipeline import parse, run_pipeline
-from dopant.dialects.errors import DopantError
-from dopant.dialects.files import write_atomic
 from dopant.dialects.qnn import QnnOp
-from dopant.dialects.qnn_base import is_float
+from dopant.dialects.qnn.base import is_float
 from dopant.passes.quantize import QuantizePass
 from dopant.runtime.loader import load
 from dopant.runtime.program import Program
 from dopant.runtime.simulator import RunResult
+from dopant.support.errors import DopantError
+from dopant.support.files import write_atomic
 
 STAGES = ("imported", "canonical", "calibrated", "quantized", "tiled", "accel")
 CANONICAL_PIPELINE = "fold-batchnorm{strict=true},fuse-activation"

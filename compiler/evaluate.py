@@ -10,7 +10,7 @@ from xdsl.dialects.builtin import ModuleOp
 
 from dopant.compiler.pipeline import run_pipeline
 from dopant.dialects.qnn import QnnOp
-from dopant.dialects.qnn_values import output_params, requantized_path
+from dopant.dialects.qnn.values import output_params, requantized_path
 from dopant.runtime import intops, reference
 
 

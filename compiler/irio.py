@@ -11,9 +11,9 @@ from xdsl.parser import Parser
 from xdsl.printer import Printer
 from xdsl.utils.exceptions import ParseError, VerifyException
 
-from dopant.dialects.errors import InputError, IRError
-from dopant.dialects.files import write_atomic
 from dopant.dialects.qnn import make_context
+from dopant.support.errors import InputError, IRError
+from dopant.support.files import write_atomic
 
 
 def verify(module: ModuleOp, where: str) -> None:

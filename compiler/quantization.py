@@ -13,8 +13,8 @@ from xdsl.dialects.builtin import ModuleOp
 
 from dopant.compiler.calibrate import calibrate
 from dopant.compiler.pipeline import run_pipeline
-from dopant.dialects.errors import InputError
 from dopant.passes.quantize import QuantizePass
+from dopant.support.errors import InputError
 
 CANONICAL = "fold-batchnorm{strict=true},fuse-activation"
 

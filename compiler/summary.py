@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from xdsl.dialects.builtin import ModuleOp
 
 from dopant.dialects.qnn import ConstantOp, Conv2DOp, LinearOp, QnnOp
-from dopant.dialects.qnn_base import shape
+from dopant.dialects.qnn.base import shape
 
 
 @dataclass(frozen=True)

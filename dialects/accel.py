@@ -2,7 +2,7 @@
 
     accel.conv wait=0x1 signal=0x4 inp=0 c_in=16 ih=30 iw=30 ... a_bits=8 at "layer1.0.conv1"
 
-Each instruction op keeps every field of `backend.isa` (zero fields omitted in text, token masks
+Each instruction op keeps every field of `dialects.isa` (zero fields omitted in text, token masks
 in hex) and the torch module path of the layer it belongs to. Around the instructions, a module
 holds `accel.input` / `accel.output` (network I/O in DRAM with its quantization) and
 `accel.segment` (constant data placed in DRAM), and the attributes `accel.config` (the
@@ -29,10 +29,10 @@ from xdsl.parser import Parser
 from xdsl.printer import Printer
 from xdsl.utils.exceptions import VerifyException
 
-from dopant.backend.isa import ISA, Instruction, InstructionDef, IsaError
-from dopant.dialects.qnn_attrs import QuantParamsAttr
-from dopant.dialects.qnn_base import i64_array, ints
-from dopant.dialects.qnn_layers import numpy_dtype
+from dopant.dialects.isa import ISA, Instruction, InstructionDef, IsaError
+from dopant.dialects.qnn.attrs import QuantParamsAttr
+from dopant.dialects.qnn.base import i64_array, ints
+from dopant.dialects.qnn.layers import numpy_dtype
 
 _MASKS = ("wait", "signal")
 
@@ -171,7 +171,7 @@ class SegmentOp(IRDLOperation):
 
     @staticmethod
     def make(dram: int, values: np.ndarray, element: IntegerType, path: str) -> SegmentOp:
-        from dopant.dialects.qnn_layers import dense
+        from dopant.dialects.qnn.layers import dense
 
         return SegmentOp.build(
             properties={

@@ -10,11 +10,10 @@ from xdsl.dialects.builtin import IntegerAttr, ModuleOp, i64
 from xdsl.ir import BlockArgument, Operation, SSAValue
 from xdsl.passes import ModulePass
 
-from dopant.backend.isa import IsaError
-from dopant.backend.program import storage_range
+from dopant.backend.image import storage_range
 from dopant.backend.target import AccelConfig
 from dopant.dialects.accel import INSTRUCTION_OPS, TENSOR_ROLES, TensorOp
-from dopant.dialects.errors import DopantError
+from dopant.dialects.isa import IsaError
 from dopant.dialects.qnn import (
     AddOp,
     ConcatOp,
@@ -28,15 +27,15 @@ from dopant.dialects.qnn import (
     RequantizeOp,
     ReshapeOp,
 )
-from dopant.dialects.qnn_base import shape
-from dopant.dialects.qnn_values import output_params, value_names
-from dopant.passes.lower_conv import ConvDram, lower_conv
-from dopant.passes.lower_dram import Dram
-from dopant.passes.lower_requant import layer_requant, requant
-from dopant.passes.lower_schedule import Schedule
-from dopant.passes.lower_vector import lower_vector
-from dopant.passes.tile_ops import VECTOR_OPS, forward, plane, vector_shapes
-from dopant.passes.tile_plan import (
+from dopant.dialects.qnn.base import shape
+from dopant.dialects.qnn.values import output_params, value_names
+from dopant.passes._convert_qnn_to_accel.conv import ConvDram, lower_conv
+from dopant.passes._convert_qnn_to_accel.dram import Dram
+from dopant.passes._convert_qnn_to_accel.requant import layer_requant, requant
+from dopant.passes._convert_qnn_to_accel.schedule import Schedule
+from dopant.passes._convert_qnn_to_accel.vector import lower_vector
+from dopant.passes.tiling.ops import VECTOR_OPS, forward, plane, vector_shapes
+from dopant.passes.tiling.plan import (
     ConvShape,
     Elem,
     conv_plan,
@@ -44,8 +43,9 @@ from dopant.passes.tile_plan import (
     module_target,
     vector_plan,
 )
-from dopant.passes.tile_vector import Plane
+from dopant.passes.tiling.vector import Plane
 from dopant.runtime import intops
+from dopant.support.errors import DopantError
 
 DRAM_ATTR = "accel.dram_bytes"
 
@@ -63,9 +63,9 @@ class ConvertQnnToAccelPass(ModulePass):
     `reference.trace` names it, for `dopant compare`), `accel.segment`s for weights (at
     their width), si32 biases and si32 multiplier tables (m0 then shift, from
     `intops.quantize_multipliers` as the reference computes them), and the instructions
-    (`lower_conv`, `lower_vector`), each named by its layer's torch module path, ordered by
-    tokens (`lower_schedule`);
-    `accel.dram_bytes` gives the DRAM size (every value its own region, `lower_dram`; a
+    (`_convert_qnn_to_accel.conv`, `.vector`), each named by its layer's torch module path,
+    ordered by tokens (`.schedule`);
+    `accel.dram_bytes` gives the DRAM size (every value its own region, `.dram`; a
     reshape aliases its input, a concat copies its inputs into place). No `qnn` op remains,
     and `backend.emit` makes the binary, which the simulator runs bit-exact to the reference.
     Fails: without `accel.config` or a plan (run tile), on ops it cannot lower, nonzero zero

@@ -10,9 +10,9 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import PatternRewriter, RewritePattern, op_type_rewrite_pattern
 
-from dopant.dialects.errors import DopantError
 from dopant.dialects.qnn import BatchNormOp, Conv2DOp, LinearOp
 from dopant.passes._rewrite import apply_patterns, constant_array, insert_constant, rebuild
+from dopant.support.errors import DopantError
 
 
 def fold(

@@ -9,19 +9,19 @@ from xdsl.dialects.builtin import ModuleOp, StringAttr
 from xdsl.dialects.func import FuncOp
 from xdsl.passes import ModulePass
 
-from dopant.dialects.errors import DopantError
 from dopant.dialects.qnn import BatchNormOp, CalibrationAttr, QnnOp
-from dopant.dialects.qnn_attrs import ROUNDING_MODES
-from dopant.dialects.qnn_base import is_float
-from dopant.passes.quantize_lower import Lowering, replace_body
-from dopant.passes.quantize_numerics import WEIGHT_CLIPS
-from dopant.passes.quantize_plan import (
+from dopant.dialects.qnn.attrs import ROUNDING_MODES
+from dopant.dialects.qnn.base import is_float
+from dopant.passes._quantize.lower import Lowering, replace_body
+from dopant.passes._quantize.numerics import WEIGHT_CLIPS
+from dopant.passes._quantize.plan import (
     activation_plan,
     arg_calibration,
     check_bits,
     layer_bits,
     value_bits,
 )
+from dopant.support.errors import DopantError
 
 
 def _forward(module: ModuleOp) -> FuncOp:

@@ -11,8 +11,8 @@ from xdsl.ir import SSAValue
 from xdsl.passes import ModulePass
 from xdsl.rewriter import Rewriter
 
-from dopant.dialects.errors import DopantError
 from dopant.dialects.qnn import QnnOp
+from dopant.support.errors import DopantError
 
 
 def _rebatched(value: SSAValue, old: int, new: int, where: str) -> TensorType:

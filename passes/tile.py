@@ -11,13 +11,12 @@ from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 
-from dopant.backend.isa import IsaError
 from dopant.backend.presets import load_target
 from dopant.backend.target import AccelConfig
-from dopant.dialects.errors import DopantError
+from dopant.dialects.isa import IsaError
 from dopant.dialects.qnn import Conv2DOp, LinearOp
-from dopant.passes.tile_conv import ConvBuffers, array_bits, tile_counts
-from dopant.passes.tile_cost import (
+from dopant.passes.tiling.conv import ConvBuffers, array_bits, tile_counts
+from dopant.passes.tiling.cost import (
     Estimate,
     balanced_rows,
     conv_estimate,
@@ -25,8 +24,8 @@ from dopant.passes.tile_cost import (
     options,
     vector_estimate,
 )
-from dopant.passes.tile_ops import forward, planned_ops, vector_shapes
-from dopant.passes.tile_plan import (
+from dopant.passes.tiling.ops import forward, planned_ops, vector_shapes
+from dopant.passes.tiling.plan import (
     ORDERS,
     PLAN_ATTR,
     ConvPlan,
@@ -34,7 +33,8 @@ from dopant.passes.tile_plan import (
     VectorPlan,
     set_module_target,
 )
-from dopant.passes.tile_vector import VectorBuffers, VectorShape, fitted
+from dopant.passes.tiling.vector import VectorBuffers, VectorShape, fitted
+from dopant.support.errors import DopantError
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class TilePass(ModulePass):
     reshapes between `qnn.quantize` and `qnn.dequantize`).
     Guarantees: every conv2d/linear carries `tile = {n, rows, c, order, cycles}` and every
     add, pool, standalone requantize, relu and concat `tile = {c, rows, cycles}` (see
-    `tile_plan`), chosen as the cheapest candidate by `tile_cost` (the timing model's
+    `tiling.plan`), chosen as the cheapest candidate by `tiling.cost` (the timing model's
     per-instruction costs summed per engine and DRAM channel) among those whose buffers fit
     the scratchpad and accumulator twice (double buffering) beside the parameter buffers and
     whose fields fit the ISA; the module carries the machine as `accel.config` (JSON), so

@@ -21,12 +21,12 @@ from dopant.backend.binary import (
     read_binary_file,
     read_container,
 )
-from dopant.backend.isa import ENGINES, INSTRUCTION_BYTES, TOKENS, Instruction
-from dopant.backend.program import ProgramImage, TensorDesc, element_bytes, storage_range
+from dopant.backend.image import ProgramImage, TensorDesc, element_bytes, storage_range
 from dopant.backend.target import AccelConfig
-from dopant.dialects.errors import DopantError
+from dopant.dialects.isa import ENGINES, INSTRUCTION_BYTES, TOKENS, Instruction
 from dopant.dialects.shapes import window_out
 from dopant.runtime.program import Program
+from dopant.support.errors import DopantError
 
 SP_BITS = (2, 4, 8)  # scratchpad element widths; the accumulator holds int32 only
 SP_VALUES = (-128, 255)  # one scratchpad byte holds an int8 or a uint8

@@ -1,4 +1,4 @@
-"""A loaded program: the binary's contents (`backend.program.ProgramImage`) that can run on
+"""A loaded program: the binary's contents (`backend.image.ProgramImage`) that can run on
 the simulated accelerator."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dopant.backend.program import (
+from dopant.backend.image import (
     LayerRange,
     ProgramImage,
     Segment,

@@ -42,11 +42,11 @@ from xdsl.interpreters.func import FuncFunctions
 from xdsl.ir import Attribute, Operation
 
 from dopant.dialects import qnn
-from dopant.dialects.errors import ExecutionError, InputError
-from dopant.dialects.qnn_base import ints
-from dopant.dialects.qnn_layers import numpy_dtype, to_numpy
-from dopant.dialects.qnn_values import value_names
+from dopant.dialects.qnn.base import ints
+from dopant.dialects.qnn.layers import numpy_dtype, to_numpy
+from dopant.dialects.qnn.values import value_names
 from dopant.runtime import intops, kernels
+from dopant.support.errors import ExecutionError, InputError
 
 _EXACT = 2.0**53  # float64 sums of integers below this are exact
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dopant.backend.isa import ENGINES
+from dopant.dialects.isa import ENGINES
 from dopant.runtime.timing import STALLS
 
 if TYPE_CHECKING:

@@ -2,11 +2,11 @@
 bit-exact. It defines what a program computes; `runtime.timing` says how long it takes.
 
 A run: the constant segments and the (quantized) inputs are written to a zeroed DRAM image; the
-instructions execute in the engines' token order (`runtime.sim_queues`): repeatedly, the
+instructions execute in the engines' token order (`runtime.queues`): repeatedly, the
 earliest-in-program head of the four queues whose wait tokens are all positive runs, taking one
 count from each and adding one to each signalled token. If no head can run, the program has
 deadlocked and SimulationError names the blocked instructions. Each instruction runs whole,
-vectorized over its block (`runtime.sim_ops`); then the outputs are read back from DRAM.
+vectorized over its block (`runtime.semantics`); then the outputs are read back from DRAM.
 
 `Program.run` / `Program.run_raw` are the entry points; they return a `RunResult`.
 """
@@ -19,20 +19,20 @@ from typing import Any
 
 import numpy as np
 
-from dopant.backend.isa import TOKENS, Instruction
-from dopant.dialects.errors import InputError
+from dopant.dialects.isa import TOKENS, Instruction
 from dopant.runtime import intops
+from dopant.runtime.memory import Memories, read_dense, write_dense
 from dopant.runtime.program import Program, TensorDesc
-from dopant.runtime.sim_memory import Memories, read_dense, write_dense
-from dopant.runtime.sim_ops import OPS
-from dopant.runtime.sim_queues import (
+from dopant.runtime.queues import (
     SimulationError,
     deadlock_error,
     describe,
     engine_queues,
     token_list,
 )
+from dopant.runtime.semantics import OPS
 from dopant.runtime.stats import RunStats
+from dopant.support.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 
 from dopant.backend.costs import Cost, Traffic
-from dopant.backend.isa import ENGINES
 from dopant.backend.target import AccelConfig
-from dopant.dialects.errors import InputError
-from dopant.dialects.files import write_atomic
+from dopant.dialects.isa import ENGINES
 from dopant.runtime import sim_report
 from dopant.runtime.loader import load
 from dopant.runtime.program import Program
 from dopant.runtime.timing import STALLS, Slot, Timeline
+from dopant.support.errors import InputError
+from dopant.support.files import write_atomic
 
 UNLABELLED = "(unlabelled)"  # the row of instructions outside every debug-map range
 

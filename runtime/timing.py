@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dopant.backend.costs import Cost, CostError, instruction_cost
-from dopant.backend.isa import ENGINES, TOKENS, Instruction
 from dopant.backend.target import AccelConfig
-from dopant.runtime.sim_queues import (
+from dopant.dialects.isa import ENGINES, TOKENS, Instruction
+from dopant.runtime.queues import (
     SimulationError,
     deadlock_error,
     describe,

@@ -22,10 +22,10 @@ from dopant.backend.asm import (
     parse_assembly,
 )
 from dopant.backend.binary import BinaryError, read_program, write_program
-from dopant.backend.isa import ISA, Instruction, InstructionDef
+from dopant.backend.image import LayerRange, Segment, TensorDesc
+from dopant.backend.image import ProgramImage as Program
 from dopant.backend.presets import preset
-from dopant.backend.program import LayerRange, Segment, TensorDesc
-from dopant.backend.program import ProgramImage as Program
+from dopant.dialects.isa import ISA, Instruction, InstructionDef
 
 
 def instructions() -> st.SearchStrategy[Instruction]:

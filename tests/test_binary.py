@@ -28,11 +28,11 @@ from dopant.backend.binary import (
     save_program,
     write_program,
 )
-from dopant.backend.isa import ISA, Instruction, InstructionDef
+from dopant.backend.image import LayerRange, Segment, TensorDesc
+from dopant.backend.image import ProgramImage as Program
 from dopant.backend.presets import preset
-from dopant.backend.program import LayerRange, Segment, TensorDesc
-from dopant.backend.program import ProgramImage as Program
 from dopant.backend.target import AccelConfig
+from dopant.dialects.isa import ISA, Instruction, InstructionDef
 from dopant.runtime.loader import load
 
 EDGE16 = preset("edge16")

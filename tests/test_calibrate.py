@@ -7,9 +7,9 @@ import pytest
 
 from dopant.compiler.calibrate import _Stats, calibrate, mse_clip, percentile_clip
 from dopant.compiler.irio import ir_text, parse_ir
-from dopant.dialects.errors import InputError
 from dopant.dialects.qnn import CalibrationAttr, ReluOp
-from dopant.passes.quantize_plan import arg_calibration
+from dopant.passes._quantize.plan import arg_calibration
+from dopant.support.errors import InputError
 
 NET = """
 func.func @forward(%x: tensor<1x4xf32>) -> tensor<1x4xf32> {

@@ -10,8 +10,8 @@ import pytest
 
 from dopant.backend.asm import parse_assembly
 from dopant.backend.binary import save_program
+from dopant.backend.image import LayerRange, ProgramImage, Segment, TensorDesc
 from dopant.backend.presets import preset
-from dopant.backend.program import LayerRange, ProgramImage, Segment, TensorDesc
 from dopant.compiler.cli import main
 
 SMALL8 = preset("small8")

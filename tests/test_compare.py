@@ -12,16 +12,16 @@ import torch
 
 from dopant.backend.binary import read_program, write_program
 from dopant.backend.emit import emit_binary
-from dopant.compiler import zoo
 from dopant.compiler.cli import main
 from dopant.compiler.compare import compare, compare_program
-from dopant.compiler.datasets import load_sample
 from dopant.compiler.driver import CompiledModel, compile
 from dopant.compiler.evaluate import snr_db
+from dopant.compiler.models import zoo
+from dopant.compiler.models.datasets import load_sample
 from dopant.dialects.accel import SegmentOp
-from dopant.dialects.errors import InputError
-from dopant.dialects.qnn_values import float_name
+from dopant.dialects.qnn.values import float_name
 from dopant.runtime import reference
+from dopant.support.errors import InputError
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dopant.compiler import datasets
-from dopant.compiler.datasets import Dataset, load_calibration, load_fashion_mnist, read_idx
-from dopant.dialects.errors import InputError
+from dopant.compiler.models import datasets
+from dopant.compiler.models.datasets import Dataset, load_calibration, load_fashion_mnist, read_idx
+from dopant.support.errors import InputError
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

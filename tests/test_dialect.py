@@ -7,14 +7,14 @@ import pytest
 from xdsl.utils.exceptions import VerifyException
 
 from dopant.compiler.irio import ir_text, parse_ir
-from dopant.dialects.errors import IRError
 from dopant.dialects.qnn import (
     ActivationAttr,
     ConstantOp,
     QuantParamsAttr,
     make_context,
 )
-from dopant.dialects.qnn_attrs import float_text
+from dopant.dialects.qnn.attrs import float_text
+from dopant.support.errors import IRError
 
 F8 = "tensor<1x4x8x8xf32>"
 ALL_OPS = f"""

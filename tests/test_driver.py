@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from dopant.compiler import zoo
 from dopant.compiler.cli import main
-from dopant.compiler.datasets import load_sample
 from dopant.compiler.driver import STAGES, CompileError, compile, compile_module
+from dopant.compiler.models import zoo
+from dopant.compiler.models.datasets import load_sample
 from dopant.runtime import reference
 from dopant.runtime.loader import load
 

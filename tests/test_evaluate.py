@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from dopant.compiler import zoo
 from dopant.compiler.evaluate import BatchedRunner, accuracy, layer_snr, snr_db
 from dopant.compiler.frontend import import_model
+from dopant.compiler.models import zoo
 from dopant.compiler.pipeline import run_pipeline
 from dopant.compiler.quantization import CANONICAL, quantize_network
-from dopant.dialects.errors import InputError
 from dopant.runtime import reference
+from dopant.support.errors import InputError
 
 
 @pytest.fixture(scope="module")

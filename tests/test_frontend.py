@@ -7,18 +7,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dopant.compiler import zoo
 from dopant.compiler.frontend import import_model
 from dopant.compiler.irio import ir_text, parse_ir
+from dopant.compiler.models import zoo
 from dopant.compiler.summary import op_counts
-from dopant.dialects.errors import InputError, UnsupportedOpsError
 from dopant.dialects.qnn import (
     Conv2DOp,
     LinearOp,
     MaxPool2DOp,
     QnnOp,
 )
-from dopant.dialects.qnn_base import ints
+from dopant.dialects.qnn.base import ints
+from dopant.support.errors import InputError, UnsupportedOpsError
 
 
 def _ops(module: object, kind: type) -> list:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dopant.backend.isa import (
+from dopant.dialects.isa import (
     BY_MNEMONIC,
     HEADER,
     INSTRUCTION_BYTES,

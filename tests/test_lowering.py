@@ -19,24 +19,24 @@ from torch import nn
 from xdsl.dialects.builtin import ModuleOp
 
 from dopant.backend.emit import emit_binary
-from dopant.backend.isa import TOKENS
 from dopant.backend.presets import load_target, preset
-from dopant.compiler import zoo
 from dopant.compiler.frontend import import_model
 from dopant.compiler.irio import ir_text, parse_ir
+from dopant.compiler.models import zoo
 from dopant.compiler.pipeline import run_pipeline
 from dopant.compiler.quantization import quantize_network
 from dopant.dialects.accel import InstructionOp, SegmentOp, TensorOp
-from dopant.dialects.errors import PipelineError
+from dopant.dialects.isa import TOKENS
 from dopant.dialects.qnn import DequantizeOp, QnnOp
-from dopant.dialects.qnn_values import value_names
-from dopant.passes.tile_plan import set_module_target
+from dopant.dialects.qnn.values import value_names
+from dopant.passes.tiling.plan import set_module_target
 from dopant.runtime import reference
 from dopant.runtime.loader import load
-from dopant.runtime.sim_memory import Memories, read_dense, write_dense
-from dopant.runtime.sim_ops import OPS
-from dopant.runtime.sim_queues import engine_queues, token_list
+from dopant.runtime.memory import Memories, read_dense, write_dense
+from dopant.runtime.queues import engine_queues, token_list
+from dopant.runtime.semantics import OPS
 from dopant.runtime.simulator import quantize_inputs
+from dopant.support.errors import PipelineError
 
 SETTINGS = {
     "w8a8": {"weight_bits": 8, "act_bits": 8},

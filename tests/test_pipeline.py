@@ -9,8 +9,8 @@ import pytest
 
 from dopant.compiler.irio import ir_text, parse_ir
 from dopant.compiler.pipeline import available_passes, parse, run_pipeline
-from dopant.dialects.errors import IRError, PipelineError
 from dopant.dialects.qnn import BatchNormOp, ClampOp, ConstantOp, Conv2DOp, LinearOp, ReluOp
+from dopant.support.errors import IRError, PipelineError
 
 CONV_BN_RELU = """
 func.func @forward(%x: tensor<1x1x2x2xf32>) -> tensor<1x2x2x2xf32> {

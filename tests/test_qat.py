@@ -16,13 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 from xdsl.dialects.builtin import ModuleOp
 
-from dopant.compiler import zoo
 from dopant.compiler.calibrate import calibrate
+from dopant.compiler.fakequant import FakeQuantNetwork, finetune
 from dopant.compiler.frontend import import_model
 from dopant.compiler.irio import ir_text, parse_ir
+from dopant.compiler.models import zoo
 from dopant.compiler.pipeline import run_pipeline
-from dopant.compiler.qat import FakeQuantNetwork, finetune
-from dopant.dialects.errors import InputError
 from dopant.dialects.qnn import (
     AvgPool2DOp,
     ConstantOp,
@@ -34,8 +33,9 @@ from dopant.dialects.qnn import (
     ReluOp,
     RequantizeOp,
 )
-from dopant.dialects.qnn_base import ints
+from dopant.dialects.qnn.base import ints
 from dopant.runtime import reference
+from dopant.support.errors import InputError
 
 WIDTHS = [(8, 8), (4, 8), (4, 4), (2, 8)]
 

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from dopant.compiler import zoo
 from dopant.compiler.calibrate import calibrate
 from dopant.compiler.frontend import import_model
 from dopant.compiler.irio import ir_text, parse_ir
+from dopant.compiler.models import zoo
 from dopant.compiler.pipeline import run_pipeline
-from dopant.dialects.errors import PipelineError
 from dopant.dialects.qnn import (
     ConstantOp,
     Conv2DOp,
@@ -22,8 +21,9 @@ from dopant.dialects.qnn import (
     QuantizeOp,
     RequantizeOp,
 )
-from dopant.dialects.qnn_base import is_float
+from dopant.dialects.qnn.base import is_float
 from dopant.runtime import reference
+from dopant.support.errors import PipelineError
 
 # conv 1->2 channels (1x1, weights 0.5 and -0.25, bias 0.1 and 0), relu, then fc 2->1.
 NET = """

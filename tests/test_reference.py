@@ -11,9 +11,9 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.parser import Parser
 from xdsl.utils.exceptions import VerifyException
 
-from dopant.dialects.errors import ExecutionError, InputError
 from dopant.dialects.qnn import make_context
 from dopant.runtime.reference import run, trace
+from dopant.support.errors import ExecutionError, InputError
 
 RNG = np.random.default_rng(0)
 
@@ -432,7 +432,7 @@ def test_trace_suffixes_repeated_paths_and_results_do_not_alias_inputs() -> None
 @pytest.mark.parametrize("name", ["resnet8", "mobilenetv2"])
 def test_zoo_models_imported_by_the_frontend_match_torch(name: str) -> None:
     from dopant.compiler.frontend import import_model
-    from dopant.compiler.zoo import get
+    from dopant.compiler.models.zoo import get
 
     entry = get(name)
     model = entry.build()

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from dopant.compiler import zoo
 from dopant.compiler.frontend import import_model
+from dopant.compiler.models import zoo
 from dopant.compiler.pipeline import run_pipeline
 from dopant.compiler.summary import op_counts
 from dopant.runtime import reference

@@ -18,15 +18,15 @@ from xdsl.parser import Parser
 
 from dopant.backend.asm import parse_assembly
 from dopant.backend.binary import save_program
-from dopant.backend.isa import Instruction
 from dopant.backend.presets import preset
-from dopant.dialects.errors import InputError
+from dopant.dialects.isa import Instruction
 from dopant.dialects.qnn import make_context
 from dopant.runtime import intops, reference
 from dopant.runtime.program import LayerRange, Program, Segment, TensorDesc
-from dopant.runtime.sim_ops import integer_conv
+from dopant.runtime.semantics import integer_conv
 from dopant.runtime.simulator import SimulationError
 from dopant.runtime.stats import main_profile, main_run
+from dopant.support.errors import InputError
 
 SMALL8 = preset("small8")
 RNG = np.random.default_rng(7)

@@ -15,14 +15,14 @@ from dopant.backend.presets import preset
 from dopant.compiler.irio import ir_text, parse_ir
 from dopant.compiler.pipeline import run_pipeline
 from dopant.dialects.accel import InstructionOp
-from dopant.dialects.errors import PipelineError
 from dopant.dialects.qnn import Conv2DOp, LinearOp, QnnOp
-from dopant.passes.tile_conv import ConvBuffers
-from dopant.passes.tile_cost import conv_estimate, vector_estimate
-from dopant.passes.tile_ops import vector_shapes
-from dopant.passes.tile_plan import ConvShape, conv_plan, module_target, vector_plan
-from dopant.passes.tile_vector import VectorBuffers, fitted
+from dopant.passes.tiling.conv import ConvBuffers
+from dopant.passes.tiling.cost import conv_estimate, vector_estimate
+from dopant.passes.tiling.ops import vector_shapes
+from dopant.passes.tiling.plan import ConvShape, conv_plan, module_target, vector_plan
+from dopant.passes.tiling.vector import VectorBuffers, fitted
 from dopant.runtime.loader import load
+from dopant.support.errors import PipelineError
 
 
 def conv_net(
@@ -159,8 +159,8 @@ def test_the_cost_model_counts_the_instructions_the_lowering_emits(
 def quantized_resnet8() -> str:
     import torch
 
-    from dopant.compiler import zoo
     from dopant.compiler.frontend import import_model
+    from dopant.compiler.models import zoo
     from dopant.compiler.quantization import quantize_network
 
     x = np.random.default_rng(0).uniform(0, 1, (4, 1, 28, 28)).astype(np.float32)

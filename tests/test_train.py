@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dopant.compiler import zoo
-from dopant.compiler.datasets import load_sample
-from dopant.compiler.pretrained import PRETRAINED, load_pretrained
-from dopant.compiler.train import (
+from dopant.compiler.models import zoo
+from dopant.compiler.models.datasets import load_sample
+from dopant.compiler.models.pretrained import PRETRAINED, load_pretrained
+from dopant.compiler.models.train import (
     PAD_PIXELS,
     accuracy,
     augment_batch,
@@ -22,7 +22,7 @@ from dopant.compiler.train import (
     save_weights,
     train,
 )
-from dopant.dialects.errors import InputError
+from dopant.support.errors import InputError
 
 
 @pytest.fixture(autouse=True)

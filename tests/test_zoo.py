@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from dopant.compiler import zoo
+from dopant.compiler.models import zoo
 
 
 def _params(model: nn.Module) -> int:

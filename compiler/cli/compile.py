@@ -1,0 +1,149 @@
+"""`dopant compile`: a model (zoo:NAME, file.py:factory or a .mlir file) to a `.dpb` binary;
+`dopant compare`: the same compile, then its numerics layer by layer (`compiler.compare`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from dopant.compiler.cli.quantize import (
+    Command,
+    add_calibration_options,
+    add_quantize_options,
+    calibration_data,
+    quantize_options,
+)
+
+if TYPE_CHECKING:
+    from xdsl.dialects.builtin import ModuleOp
+
+    from dopant.compiler.driver import CompiledModel
+
+
+def _compiled(args: argparse.Namespace) -> tuple[CompiledModel, ModuleOp]:
+    """The model `args` names, compiled as `args` say, and its imported IR."""
+    from dopant.compiler.driver import compile_module
+    from dopant.compiler.frontend import import_model
+    from dopant.compiler.irio import read_ir
+    from dopant.compiler.models.load import load_model, parse_shape
+
+    if args.model.endswith(".mlir") or args.model == "-":
+        module = read_ir(args.model)
+    else:
+        shape = parse_shape(args.input_shape) if args.input_shape else None
+        loaded = load_model(args.model, shape)
+        module = import_model(loaded.model, loaded.example_input)
+    data = calibration_data(args.calibration, module) if args.calibration else None
+    compiled = compile_module(
+        module,
+        target=args.target,
+        calibration=data,
+        method=args.method,
+        dataflow=args.dataflow or None,
+        pipeline=args.pipeline,
+        **quantize_options(args),
+    )
+    return compiled, module
+
+
+def _cmd_compile(args: argparse.Namespace) -> None:
+    from dopant.compiler.driver import STAGES
+    from dopant.compiler.irio import ir_text
+    from dopant.support.errors import InputError
+
+    if args.emit and args.emit not in STAGES:
+        raise InputError(f"--emit {args.emit} is not a stage; the stages are {', '.join(STAGES)}.")
+    compiled, _ = _compiled(args)
+    if args.output:
+        compiled.save(args.output)
+    if args.emit:
+        sys.stdout.write(ir_text(compiled.ir(args.emit)))
+    program = compiled.program
+    print(
+        f"{args.model} -> {args.output or '(not saved)'}: {len(program.instructions)} "
+        f"instructions, {len(compiled.binary):,} bytes for '{compiled.config.name}' "
+        f"({compiled.config.dataflow})",
+        file=sys.stderr,
+    )
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from dopant.compiler.compare import Comparison, compare, compare_program
+    from dopant.compiler.irio import read_ir
+    from dopant.runtime.loader import load
+    from dopant.support.errors import DopantError, InputError
+
+    if args.images < 1:
+        raise InputError(f"--images must be at least 1, got {args.images}.")
+    result: Comparison
+    if args.model.endswith(".dpb"):
+        if not args.ir:
+            raise InputError(
+                f"comparing the binary {args.model} needs --ir, the quantized .mlir it was "
+                "compiled from (dopant compile --emit quantized)."
+            )
+        quantized = read_ir(args.ir)
+        images = calibration_data(args.inputs or "sample", quantized)[: args.images]
+        result = compare_program(
+            load(args.model),
+            quantized,
+            images,
+            float_module=read_ir(args.float_ir) if args.float_ir else None,
+            snr_threshold_db=args.snr_threshold,
+        )
+    else:
+        if args.ir or args.float_ir:
+            raise InputError("--ir and --float-ir go with a .dpb binary, not with a model.")
+        compiled, module = _compiled(args)
+        images = calibration_data(args.inputs or args.calibration or "sample", module)
+        result = compare(compiled, images[: args.images], snr_threshold_db=args.snr_threshold)
+    print(result.table())
+    print(result.summary())
+    mismatch = result.first_mismatch()
+    if mismatch is not None:
+        raise DopantError(
+            f"the simulator diverges from the integer reference first at '{mismatch.name}': "
+            "a compiler or simulator bug, or a binary edited by hand."
+        )
+
+
+def _add_compile_options(p: argparse.ArgumentParser, also: str = "") -> None:
+    p.add_argument("model", help=f"zoo:NAME, path/to/file.py:factory, or a .mlir file{also}")
+    p.add_argument("--input-shape", help="input shape such as 1,3,32,32 (zoo models have one)")
+    p.add_argument("--target", default="edge16", help="preset (small8, edge16, large32) or .toml")
+    p.add_argument("--dataflow", choices=("ws", "os"), help="override the target's dataflow")
+    p.add_argument("--calibration", help="'sample' or a .npz with images 'x' (float models)")
+    p.add_argument(
+        "--pipeline",
+        help="passes for the canonical stage instead of 'fold-batchnorm{strict=true},"
+        "fuse-activation' (float models)",
+    )
+    add_calibration_options(p)
+    add_quantize_options(p)
+
+
+def register(command: Command) -> None:
+    p = command("compile", _cmd_compile, "compile a model to an accelerator binary (.dpb)")
+    _add_compile_options(p)
+    p.add_argument("-o", "--output", help="output .dpb file")
+    p.add_argument("--emit", metavar="STAGE", help="print the IR after STAGE to standard output")
+
+    p = command(
+        "compare",
+        _cmd_compare,
+        "compare every layer: simulator vs integer reference vs float (a model, or a .dpb)",
+    )
+    _add_compile_options(p, ", or a .dpb binary (with --ir)")
+    p.add_argument(
+        "--inputs", help="'sample' or a .npz with images 'x' to compare on (default: calibration)"
+    )
+    p.add_argument("--ir", help="with a .dpb MODEL: the quantized .mlir it was compiled from")
+    p.add_argument("--float-ir", help="with a .dpb MODEL: the float .mlir, for the SNR column")
+    p.add_argument("--images", type=int, default=4, help="how many images to compare on")
+    p.add_argument(
+        "--snr-threshold",
+        type=float,
+        default=20.0,
+        help="report the first layer whose SNR against float is below this many dB",
+    )

@@ -1,0 +1,191 @@
+"""The tiling cost model: a candidate plan's instructions, costed with the timing model's own
+formulas (`backend.costs.instruction_cost`), summed per engine and for the DRAM channel.
+
+A layer is software pipelined through double buffers, so in steady state the busiest resource
+sets the pace: estimated cycles = max(load engine after the first tile's loads, compute or vector
+engine, store engine before the last store, DRAM channel) + first tile's loads + last store.
+Every load and store costs its DRAM latency on its engine (the engine waits for completion), so
+fewer, larger tiles win until the array's fold quantization or a buffer's size says otherwise.
+Only tile shapes that occur are costed (full tiles and the shorter last ones), each once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from dopant.backend.costs import instruction_cost
+from dopant.backend.target import AccelConfig
+from dopant.dialects.isa import BY_MNEMONIC, Instruction
+from dopant.passes.tiling import conv as tc
+from dopant.passes.tiling import vector as tv
+from dopant.passes.tiling.plan import ConvPlan, ConvShape, VectorPlan
+
+
+@lru_cache(maxsize=1 << 16)
+def _cost(config: AccelConfig, op: str, items: tuple[tuple[str, int], ...]) -> tuple[int, int]:
+    """(engine cycles, channel cycles) of one instruction; IsaError if a field does not fit."""
+    cost = instruction_cost(Instruction.make(op, **dict(items)), config)
+    return cost.cycles, cost.channel_cycles
+
+
+@dataclass
+class Estimate:
+    """Busy cycles per engine and of the DRAM channel, for a whole layer."""
+
+    config: AccelConfig
+    busy: dict[str, int] = field(default_factory=dict)
+    channel: int = 0
+    instructions: int = 0
+    first: int = 0  # the first tile's loads: nothing overlaps them
+    last: int = 0  # the last store: nothing overlaps it
+
+    def add(self, op: str, fields: tc.Fields, count: int = 1) -> int:
+        """Count `count` instructions like this one; returns one's cycles."""
+        cycles, channel = _cost(self.config, op, tuple(sorted(fields.items())))
+        engine = BY_MNEMONIC[op].engine
+        self.busy[engine] = self.busy.get(engine, 0) + cycles * count
+        self.channel += channel * count
+        self.instructions += count
+        return cycles
+
+    @property
+    def cycles(self) -> int:
+        busy = self.busy
+        return (
+            max(
+                busy.get("load", 0) - self.first,
+                busy.get("compute", 0),
+                busy.get("vector", 0),
+                busy.get("store", 0) - self.last,
+                self.channel,
+            )
+            + self.first
+            + self.last
+        )
+
+
+def sizes(total: int, step: int) -> list[tuple[int, int]]:
+    """[(tile size, how many tiles)]: full tiles, then the shorter last one."""
+    full, rest = divmod(total, step)
+    return [(s, k) for s, k in ((step, full), (rest, 1)) if s and k]
+
+
+def conv_estimate(shape: ConvShape, plan: ConvPlan, config: AccelConfig) -> Estimate:
+    """The cost of lowering a conv layer with `plan` (as `convert-qnn-to-accel` emits it: a load is
+    skipped when its buffer already holds the same block, see the reuse rules below)."""
+    est = Estimate(config)
+    n_tiles, r_tiles, k_chunks = tc.tile_counts(shape, plan)
+    grouped = shape.groups > 1
+    # Consecutive tiles that read the same block load it once.
+    inputs_shared = not grouped and k_chunks == 1 and (plan.order == "rnc" or r_tiles == 1)
+    weights_shared = k_chunks == 1 and (plan.order == "nrc" or n_tiles == 1)
+    params_shared = plan.order == "nrc" or n_tiles == 1
+    rows = sizes(shape.oh, plan.rows)
+    for ns, n_count in sizes(shape.n, plan.n):
+        k_sizes = sizes(shape.c, plan.c) if not grouped else [(shape.tile_channels(ns, plan.c), 1)]
+        per_row_tile = 1 if params_shared else r_tiles
+        est.add("load", tc.params_load(shape, _tile(ns, 1, 1), 0, 0), n_count * per_row_tile)
+        for cs, c_count in k_sizes:
+            per_row_tile = 1 if weights_shared else r_tiles
+            fields = tc.weight_load(shape, _tile(ns, 1, cs), 0, 0)
+            est.add("load", fields, n_count * c_count * per_row_tile)
+        for rs, r_count in rows:
+            tiles = n_count * r_count
+            if shape.has_bias:
+                est.add("load", tc.bias_load(shape, _tile(ns, rs, 1), 0, 0), tiles)
+            est.add("store_acc", tc.store_acc(shape, _tile(ns, rs, 1), (0, 0), 0, (0, 0, 0)), tiles)
+            for cs, c_count in k_sizes:
+                t = _tile(ns, rs, cs)
+                est.add("conv", tc.conv(shape, t, config, (0, 0, 0), True), tiles * c_count)
+                if not inputs_shared:
+                    est.add("load", tc.input_load(shape, t, 0, 0), tiles * c_count)
+    if inputs_shared:
+        for rs, r_count in rows:
+            est.add("load", tc.input_load(shape, _tile(plan.n, rs, shape.c), 0, 0), r_count)
+    est.first = _first_loads(shape, plan, est)
+    t = _tile(plan.n, plan.rows, plan.c)
+    est.last = est.add("store_acc", tc.store_acc(shape, t, (0, 0), 0, (0, 0, 0)), 0)
+    return est
+
+
+def _tile(ns: int, rs: int, cs: int) -> tc.ConvTile:
+    return tc.ConvTile(0, ns, 0, rs, 0, cs)
+
+
+def _first_loads(shape: ConvShape, plan: ConvPlan, est: Estimate) -> int:
+    """Cycles of the loads the first conv waits for."""
+    t = _tile(plan.n, plan.rows, shape.tile_channels(plan.n, plan.c))
+    loads = [tc.input_load(shape, t, 0, 0), tc.weight_load(shape, t, 0, 0)]
+    loads.append(tc.params_load(shape, t, 0, 0))
+    if shape.has_bias:
+        loads.append(tc.bias_load(shape, t, 0, 0))
+    return sum(est.add("load", f, 0) for f in loads)
+
+
+def vector_estimate(
+    shapes: Iterable[tv.VectorShape], plan: VectorPlan, config: AccelConfig
+) -> Estimate:
+    """The cost of lowering vector-unit layers (several for a concat's copies) with `plan`."""
+    est = Estimate(config)
+    for index, shape in enumerate(shapes):
+        plane = tv.Plane(0, (shape.c, shape.h, shape.w), shape.x)
+        out = tv.Plane(0, (shape.c, shape.oh, shape.ow), shape.out)
+        params = (
+            est.add("load", tv.params_load(shape.kind, 0, 0)) if tv.param_words(shape.kind) else 0
+        )
+        c_step, r_step = min(plan.c, shape.c), min(plan.rows, shape.oh)
+        for cs, c_count in sizes(shape.c, c_step):
+            for rs, r_count in sizes(shape.oh, r_step):
+                count = c_count * r_count
+                rows = tv.RowSpan(0, shape.in_rows(rs), 0, 0)
+                est.add("load", tv.load(plane, 0, cs, rows, 0), count * shape.operands)
+                _vector_op(est, shape, cs, rows, rs, count)
+                est.last = est.add("store", tv.store(out, (cs, rs, shape.ow), (0, 0), 0), count)
+        if index == 0:
+            rows = tv.RowSpan(0, shape.in_rows(r_step), 0, 0)
+            first = est.add("load", tv.load(plane, 0, c_step, rows, 0), 0)
+            est.first = params + first * shape.operands
+    return est
+
+
+def _vector_op(
+    est: Estimate, shape: tv.VectorShape, cs: int, rows: tv.RowSpan, rs: int, count: int
+) -> None:
+    if shape.kind == "pool":
+        est.add("vpool", tv.vpool(shape, cs, rows, rs, (0, 0)), count)
+    elif shape.kind != "copy":
+        op, fields = tv.elementwise(shape, cs * rs * shape.ow, (0, 0, 0), 0, (0, 0, 0))
+        est.add(op, fields, count)
+
+
+def largest(fits: Callable[[int], bool], limit: int) -> int:
+    """The largest k in 1..limit with fits(k), for a monotone `fits`; 0 if none."""
+    lo, hi = 0, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
+def options(total: int, quantum: int, splits: int = 16) -> list[int]:
+    """Tile sizes worth trying, largest first: `total` cut into 1..`splits` near-equal tiles
+    rounded up to a multiple of `quantum` (the array's width), and halvings down to 1."""
+    values = set()
+    for k in range(1, splits + 1):
+        size = -(-total // k)
+        values.add(min(total, -(-size // quantum) * quantum))
+    size = total
+    while size >= 1:
+        values.add(size)
+        size //= 2
+    return sorted(values, reverse=True)
+
+
+def balanced_rows(total: int, most: int, count: int = 3) -> list[int]:
+    """Up to `count` row-tile heights <= `most` that cut `total` into near-equal tiles."""
+    if most < 1:
+        return []
+    first = -(-total // most)
+    return sorted({-(-total // k) for k in range(first, first + count) if k <= total}, reverse=True)

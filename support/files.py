@@ -1,0 +1,37 @@
+"""Atomic file writes: an artifact is written to a temporary name and renamed into place, so a
+failure never leaves a half-written file behind."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from dopant.support.errors import InputError
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
+    """Write `data` to `path` through a temporary file in the same folder, then rename it."""
+    target = Path(path)
+    payload = data.encode() if isinstance(data, str) else data
+    folder = target.parent
+    if not folder.is_dir():
+        raise InputError(
+            f"cannot write '{target}': the folder '{folder}' does not exist; "
+            "create it or choose another output path."
+        )
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    except OSError as error:
+        raise InputError(f"cannot write '{target}': {error.strerror}.") from error
+    try:
+        # mkstemp makes the file owner-only; give it the mode a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
