@@ -12,15 +12,11 @@ No xDSL here.
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
 from collections.abc import Iterable
-from pathlib import Path
 
-from dopant.backend.binary import BinaryError, read_binary_file, read_program, save_program
+from dopant.backend.binary import BinaryError, read_program
 from dopant.backend.image import ProgramImage
 from dopant.dialects.isa import BY_MNEMONIC, Instruction
-from dopant.support.files import write_atomic
 
 BINARY_FIELDS = ("wait", "signal")  # token masks read best bit by bit
 
@@ -134,41 +130,3 @@ def assemble_into(program: ProgramImage, text: str, filename: str = "<asm>") -> 
                 f"[{layer.start}, {layer.stop}) but the assembly has {len(instructions)}"
             )
     return dataclasses.replace(program, instructions=instructions)
-
-
-def main_asm(
-    input_path: str | os.PathLike[str],
-    output_path: str | os.PathLike[str],
-    binary_path: str | os.PathLike[str],
-) -> None:
-    """`dopant asm`: assemble the text at `input_path` ('-' for standard input) into the code
-    section of the binary at `binary_path`, and write the new binary to `output_path`."""
-    if str(input_path) == "-":
-        text, name = sys.stdin.read(), "<stdin>"
-    else:
-        text, name = _read_text(Path(input_path)), str(input_path)
-    program = read_program(read_binary_file(binary_path))
-    save_program(assemble_into(program, text, name), output_path)
-
-
-def main_disasm(
-    binary_path: str | os.PathLike[str], output_path: str | os.PathLike[str] | None = None
-) -> None:
-    """`dopant disasm`: write the assembly of the binary at `binary_path` to `output_path`, or
-    to standard output when it is None or '-'."""
-    text = disassemble(read_binary_file(binary_path))
-    if output_path is None or str(output_path) == "-":
-        sys.stdout.write(text)
-        return
-    write_atomic(output_path, text)
-
-
-def _read_text(file: Path) -> str:
-    try:
-        return file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AsmError(f"assembly file '{file}' does not exist") from None
-    except UnicodeDecodeError as error:
-        raise AsmError(f"assembly file '{file}' is not UTF-8 text: {error}") from None
-    except OSError as error:
-        raise AsmError(f"cannot read assembly file '{file}': {error.strerror}") from None

@@ -41,8 +41,7 @@ from dopant.dialects.qnn import QnnOp
 from dopant.dialects.qnn.base import is_float
 from dopant.passes.quantize import QuantizePass
 from dopant.runtime.loader import load
-from dopant.runtime.program import Program
-from dopant.runtime.simulator import RunResult
+from dopant.runtime.program import Program, RunResult
 from dopant.support.errors import DopantError
 from dopant.support.files import write_atomic
 

@@ -11,7 +11,7 @@ from xdsl.parser import Parser
 from xdsl.printer import Printer
 from xdsl.utils.exceptions import ParseError, VerifyException
 
-from dopant.dialects.qnn import make_context
+from dopant.dialects.context import make_context
 from dopant.support.errors import InputError, IRError
 from dopant.support.files import write_atomic
 

@@ -21,7 +21,7 @@ from xdsl.utils.arg_spec import ArgSpec, parse_pipeline
 from xdsl.utils.exceptions import ArgSpecParseError
 
 from dopant.compiler.irio import ir_text, verify
-from dopant.dialects.qnn import make_context
+from dopant.dialects.context import make_context
 from dopant.support.errors import DopantError, PipelineError
 
 # Pipeline name -> "module:class". One pass per file, the file named after the pass.

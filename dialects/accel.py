@@ -32,7 +32,7 @@ from xdsl.utils.exceptions import VerifyException
 from dopant.dialects.isa import ISA, Instruction, InstructionDef, IsaError
 from dopant.dialects.qnn.attrs import QuantParamsAttr
 from dopant.dialects.qnn.base import i64_array, ints
-from dopant.dialects.qnn.layers import numpy_dtype
+from dopant.dialects.qnn.layers import dense, numpy_dtype
 
 _MASKS = ("wait", "signal")
 
@@ -171,8 +171,6 @@ class SegmentOp(IRDLOperation):
 
     @staticmethod
     def make(dram: int, values: np.ndarray, element: IntegerType, path: str) -> SegmentOp:
-        from dopant.dialects.qnn.layers import dense
-
         return SegmentOp.build(
             properties={
                 "dram": IntegerAttr(dram, i64),

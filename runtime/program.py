@@ -1,11 +1,13 @@
-"""A loaded program: the binary's contents (`backend.image.ProgramImage`) that can run on
-the simulated accelerator."""
+"""A loaded program: the binary's contents (`backend.image.ProgramImage`) that can run on the
+simulated accelerator, the functional simulator giving its values and the timing model its
+statistics."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -17,12 +19,30 @@ from dopant.backend.image import (
     element_bytes,
     moved_bytes,
 )
+from dopant.runtime import simulator
+from dopant.runtime.stats import RunStats, run_stats
+from dopant.runtime.timing import schedule
 
-if TYPE_CHECKING:
-    from dopant.runtime.simulator import RunResult
-    from dopant.runtime.stats import RunStats
+__all__ = [
+    "LayerRange",
+    "Program",
+    "RunResult",
+    "Segment",
+    "TensorDesc",
+    "element_bytes",
+    "moved_bytes",
+]
 
-__all__ = ["LayerRange", "Program", "Segment", "TensorDesc", "element_bytes", "moved_bytes"]
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run produced, in the order of `Program.outputs`."""
+
+    outputs: tuple[np.ndarray, ...]  # float32, dequantized with each output's TensorDesc
+    raw_outputs: tuple[np.ndarray, ...]  # int64, the integers in DRAM
+    stats: RunStats
+    trace: dict[str, Any] | None  # Chrome/Perfetto trace when asked for
+    values: dict[str, np.ndarray]  # int64 intermediate values by debug-map name, when asked for
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -37,9 +57,6 @@ class Program(ProgramImage):
     def stats(self) -> RunStats:
         """The statistics of a run, from the timing model alone: they depend on the program,
         not on its inputs, so every run shares one computation."""
-        from dopant.runtime.stats import run_stats
-        from dopant.runtime.timing import schedule
-
         config = self.accel_config()
         return run_stats(self, config, schedule(self.instructions, config))
 
@@ -52,13 +69,19 @@ class Program(ProgramImage):
         intermediate value of the debug map as integers (`.values`). InputError names an input
         of the wrong count, shape or dtype; SimulationError an instruction that cannot run.
         """
-        # Imported here: the simulator imports this module for Program.
-        from dopant.runtime import simulator
-
-        return simulator.run(self, inputs, trace, values)
+        return self._result(simulator.quantize_inputs(self, inputs), trace, values)
 
     def run_raw(self, *inputs: np.ndarray, trace: bool = False, values: bool = False) -> RunResult:
         """`run` for already-quantized inputs: integer arrays within each input's range."""
-        from dopant.runtime import simulator
+        return self._result(simulator.check_raw_inputs(self, inputs), trace, values)
 
-        return simulator.run_raw(self, inputs, trace, values)
+    def _result(self, raw_inputs: list[np.ndarray], trace: bool, values: bool) -> RunResult:
+        computed = simulator.simulate(self, raw_inputs, values)
+        stats = self.stats  # the same for every input: computed once per program
+        return RunResult(
+            computed.outputs,
+            computed.raw_outputs,
+            stats,
+            stats.chrome_trace() if trace else None,
+            computed.values,
+        )

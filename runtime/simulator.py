@@ -8,21 +8,21 @@ count from each and adding one to each signalled token. If no head can run, the 
 deadlocked and SimulationError names the blocked instructions. Each instruction runs whole,
 vectorized over its block (`runtime.semantics`); then the outputs are read back from DRAM.
 
-`Program.run` / `Program.run_raw` are the entry points; they return a `RunResult`.
+`Program.run` / `Program.run_raw` (runtime.program) are the entry points: they pair these values
+with the timing model's statistics in a `RunResult`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from dopant.backend.image import ProgramImage, TensorDesc
 from dopant.dialects.isa import TOKENS, Instruction
 from dopant.runtime import intops
 from dopant.runtime.memory import Memories, read_dense, write_dense
-from dopant.runtime.program import Program, TensorDesc
 from dopant.runtime.queues import (
     SimulationError,
     deadlock_error,
@@ -31,18 +31,15 @@ from dopant.runtime.queues import (
     token_list,
 )
 from dopant.runtime.semantics import OPS
-from dopant.runtime.stats import RunStats
 from dopant.support.errors import InputError
 
 
 @dataclass(frozen=True)
-class RunResult:
-    """What a run produced, in the order of `Program.outputs`."""
+class Values:
+    """What a run computed, in the order of `ProgramImage.outputs`."""
 
     outputs: tuple[np.ndarray, ...]  # float32, dequantized with each output's TensorDesc
     raw_outputs: tuple[np.ndarray, ...]  # int64, the integers in DRAM
-    stats: RunStats
-    trace: dict[str, Any] | None  # Chrome/Perfetto trace when asked for
     values: dict[str, np.ndarray]  # int64 intermediate values by debug-map name, when asked for
 
 
@@ -97,7 +94,7 @@ def _checked(desc: TensorDesc, value: object, kinds: str, what: str) -> np.ndarr
     return array
 
 
-def quantize_inputs(program: Program, inputs: Sequence[object]) -> list[np.ndarray]:
+def quantize_inputs(program: ProgramImage, inputs: Sequence[object]) -> list[np.ndarray]:
     """Each float input quantized with its TensorDesc (round half to even, as torch)."""
     _count_check("float", program.inputs, len(inputs))
     raw = []
@@ -109,7 +106,7 @@ def quantize_inputs(program: Program, inputs: Sequence[object]) -> list[np.ndarr
     return raw
 
 
-def _raw_inputs(program: Program, inputs: Sequence[object]) -> list[np.ndarray]:
+def check_raw_inputs(program: ProgramImage, inputs: Sequence[object]) -> list[np.ndarray]:
     _count_check("integer", program.inputs, len(inputs))
     raw = []
     for desc, value in zip(program.inputs, inputs, strict=True):
@@ -133,9 +130,11 @@ def _read(mem: Memories, descs: Sequence[TensorDesc], what: str) -> list[np.ndar
         raise SimulationError(f"the program's {what} cannot be read: {error}") from None
 
 
-def _simulate(
-    program: Program, raw_inputs: Sequence[np.ndarray], trace: bool, keep_values: bool
-) -> RunResult:
+def simulate(
+    program: ProgramImage, raw_inputs: Sequence[np.ndarray], keep_values: bool = False
+) -> Values:
+    """Run `program` on already-quantized, checked inputs (`quantize_inputs`,
+    `check_raw_inputs`); with `keep_values` read back every value of the debug map."""
     mem = Memories.empty(program.accel_config(), program.dram_bytes)
     try:
         for segment in program.segments:
@@ -152,19 +151,4 @@ def _simulate(
         intops.dequantize(q, d.scale, d.zero_point)
         for q, d in zip(raw, program.outputs, strict=True)
     )
-    stats = program.stats  # the same for every input: computed once per program
-    return RunResult(floats, raw, stats, stats.chrome_trace() if trace else None, debug)
-
-
-def run(
-    program: Program, inputs: Sequence[object], trace: bool = False, values: bool = False
-) -> RunResult:
-    """Quantize float `inputs`, run `program`, and dequantize its outputs (`Program.run`)."""
-    return _simulate(program, quantize_inputs(program, inputs), trace, values)
-
-
-def run_raw(
-    program: Program, inputs: Sequence[object], trace: bool = False, values: bool = False
-) -> RunResult:
-    """Run `program` on already-quantized integer `inputs` (`Program.run_raw`)."""
-    return _simulate(program, _raw_inputs(program, inputs), trace, values)
+    return Values(floats, raw, debug)

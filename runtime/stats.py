@@ -1,5 +1,6 @@
 """Run statistics of a program on its machine: cycles, roofline, traffic, energy, per engine and
-per layer, built from the timing model (`runtime.timing`); a text table and a Chrome trace.
+per layer, built from the timing model (`runtime.timing`), and how they present themselves: a
+summary, a per-layer table and a Chrome/Perfetto trace.
 
 Roofline (METHODS.md): a stretch of work needs at least max(compute bound, memory bound)
 cycles, the compute bound being sum MACs / (rows * cols * fa * fw) over its convolutions at
@@ -11,23 +12,15 @@ dram_bytes_per_cycle bytes a cycle, all within the span measured.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from dopant.backend.costs import Cost, Traffic
+from dopant.backend.image import ProgramImage
 from dopant.backend.target import AccelConfig
 from dopant.dialects.isa import ENGINES
-from dopant.runtime import sim_report
-from dopant.runtime.loader import load
-from dopant.runtime.program import Program
 from dopant.runtime.timing import STALLS, Slot, Timeline
-from dopant.support.errors import InputError
-from dopant.support.files import write_atomic
 
 UNLABELLED = "(unlabelled)"  # the row of instructions outside every debug-map range
 
@@ -157,15 +150,15 @@ class RunStats:
 
     def summary(self) -> str:
         """A few lines: time, roofline, traffic, energy and each engine's busy and stall cycles."""
-        return sim_report.summary_text(self)
+        return summary_text(self)
 
     def table(self) -> str:
         """The per-layer table: cycles, share of the run, utilization, bound, stalls, bytes."""
-        return sim_report.layer_table(self)
+        return layer_table(self)
 
     def chrome_trace(self) -> dict[str, Any]:
         """The engine timelines in Chrome/Perfetto JSON (chrome://tracing, ui.perfetto.dev)."""
-        return sim_report.chrome_trace(self)
+        return chrome_trace(self)
 
 
 def _energy(config: AccelConfig, traffic: Traffic, mac_pj: float) -> dict[str, float]:
@@ -221,7 +214,7 @@ def _layer(
     )
 
 
-def _layer_names(program: Program) -> tuple[str, ...]:
+def _layer_names(program: ProgramImage) -> tuple[str, ...]:
     names = [UNLABELLED] * len(program.instructions)
     for layer in program.layers:
         for index in range(layer.start, min(layer.stop, len(names))):
@@ -229,7 +222,7 @@ def _layer_names(program: Program) -> tuple[str, ...]:
     return tuple(names)
 
 
-def run_stats(program: Program, config: AccelConfig, timeline: Timeline) -> RunStats:
+def run_stats(program: ProgramImage, config: AccelConfig, timeline: Timeline) -> RunStats:
     """The statistics of `timeline`, the schedule of `program` on `config`."""
     names = _layer_names(program)
     members: dict[str, list[int]] = {}
@@ -272,62 +265,117 @@ def run_stats(program: Program, config: AccelConfig, timeline: Timeline) -> RunS
     )
 
 
-def profile(program: Program) -> RunStats:
-    """The statistics of `program` on the machine it was compiled for, from timing alone (no
-    values are computed, so no inputs are needed)."""
-    return program.stats
+# ---- presentation ----------------------------------------------------------------------------
 
 
-# ---- the command line's `run` and `profile` -----------------------------------------------
+def _percent(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
 
 
-def _read_inputs(program: Program, path: str | os.PathLike[str]) -> list[np.ndarray]:
-    """The inputs in a .npy file (a program with one input) or a .npz file (by input name)."""
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise InputError(f"cannot read inputs from '{os.fspath(path)}': {error}") from None
-    if isinstance(data, np.ndarray):
-        if len(program.inputs) != 1:
-            names = ", ".join(f"'{d.name}'" for d in program.inputs)
-            raise InputError(
-                f"the program takes {len(program.inputs)} inputs ({names}); give them as a .npz "
-                "file holding one array per input name"
-            )
-        return [data]
-    with data:
-        missing = [d.name for d in program.inputs if d.name not in data.files]
-        if missing:
-            raise InputError(
-                f"'{os.fspath(path)}' holds {', '.join(data.files) or 'no arrays'} but not the "
-                f"input(s) {', '.join(missing)}"
-            )
-        return [data[d.name] for d in program.inputs]
+def summary_text(stats: RunStats) -> str:
+    """Totals of a run: time, roofline and utilization, traffic, energy, and each engine."""
+    t, e = stats.traffic_bytes, stats.energy_pj
+    lines = [
+        f"accelerator '{stats.config_name}' at {stats.clock_mhz:g} MHz: "
+        f"{stats.total_cycles:,} cycles = {stats.seconds * 1e6:,.1f} us",
+        f"{stats.macs:,} MACs; roofline {stats.roofline_cycles:,.0f} cycles (compute "
+        f"{stats.compute_bound_cycles:,.0f}, memory {stats.memory_bound_cycles:,.0f}); "
+        f"utilization {_percent(stats.roofline_cycles, stats.total_cycles)}; SCALE-Sim fold "
+        f"model of the convs {stats.fold_model_cycles:,} cycles",
+        f"bytes: DRAM read {t['dram_read_bytes']:,} write {t['dram_write_bytes']:,}; scratchpad "
+        f"read {t['sp_read_bytes']:,} write {t['sp_write_bytes']:,}; accumulator read "
+        f"{t['acc_read_bytes']:,} write {t['acc_write_bytes']:,}",
+        f"energy: {e['total'] / 1e6:,.3f} uJ (MACs {_percent(e['mac'], e['total'])}, DRAM "
+        f"{_percent(e['dram'], e['total'])}, scratchpad {_percent(e['scratchpad'], e['total'])}, "
+        f"accumulator {_percent(e['accumulator'], e['total'])})",
+        f"{'engine':<8} {'instrs':>7} {'busy':>12} {'busy %':>7} "
+        + " ".join(f"{name:>12}" for name in STALLS),
+    ]
+    for name, engine in stats.engines.items():
+        stalls = " ".join(f"{engine.stall_cycles[s]:>12,}" for s in STALLS)
+        lines.append(
+            f"{name:<8} {engine.instructions:>7,} {engine.busy_cycles:>12,} "
+            f"{_percent(engine.busy_cycles, stats.total_cycles):>7} {stalls}"
+        )
+    return "\n".join(lines)
 
 
-def main_run(
-    binary: str | os.PathLike[str],
-    input_npy: str | os.PathLike[str],
-    trace_path: str | os.PathLike[str] | None = None,
-) -> None:
-    """`dopant run`: run the binary on the float inputs in `input_npy` (.npy, or .npz by input
-    name), print its outputs, the run's summary and per-layer table, and write the Chrome trace
-    to `trace_path` if given."""
-    program = load(binary)
-    result = program.run(*_read_inputs(program, input_npy), trace=trace_path is not None)
-    for desc, value in zip(program.outputs, result.outputs, strict=True):
-        text = np.array2string(value, threshold=20, precision=4)
-        top = f" (argmax {int(value.argmax())})" if value.size > 1 else ""
-        print(f"output '{desc.name}' {list(desc.shape)}{top}:\n{text}")
-    print(result.stats.summary())
-    print(result.stats.table())
-    if trace_path is not None and result.trace is not None:
-        write_atomic(trace_path, json.dumps(result.trace))
+def layer_table(stats: RunStats) -> str:
+    """One row per layer: cycles (first start to last end), the cycles it adds to the run and
+    their share (layers overlap in time, so a layer adds only what it ends after all earlier
+    ones; the adds sum to the run), roofline utilization, the larger bound, stall cycles of its
+    instructions, DRAM bytes and MACs; then the whole run."""
+    width = max([len("layer"), len("total")] + [len(layer.name) for layer in stats.layers])
+    header = (
+        f"{'layer':<{width}} {'cycles':>12} {'adds':>12} {'share':>7} {'util':>7} {'bound':>8} "
+        f"{'stalls':>12} {'DRAM bytes':>14} {'MACs':>15}"
+    )
+    lines = [header, "-" * len(header)]
+    total = stats.total_cycles
+    for layer in stats.layers:
+        dram = layer.traffic_bytes["dram_read_bytes"] + layer.traffic_bytes["dram_write_bytes"]
+        lines.append(
+            f"{layer.name:<{width}} {layer.cycles:>12,} {layer.added_cycles:>12,} "
+            f"{_percent(layer.added_cycles, total):>7} "
+            f"{_percent(layer.roofline_cycles, layer.cycles):>7} {layer.bound:>8} "
+            f"{layer.stall_cycles:>12,} {dram:>14,} {layer.macs:>15,}"
+        )
+    stalls = sum(sum(e.stall_cycles.values()) for e in stats.engines.values())
+    dram = stats.traffic_bytes["dram_read_bytes"] + stats.traffic_bytes["dram_write_bytes"]
+    bound = "compute" if stats.compute_bound_cycles >= stats.memory_bound_cycles else "memory"
+    lines += [
+        "-" * len(header),
+        f"{'total':<{width}} {total:>12,} {total:>12,} {_percent(total, total):>7} "
+        f"{_percent(stats.roofline_cycles, total):>7} {bound:>8} {stalls:>12,} {dram:>14,} "
+        f"{stats.macs:>15,}",
+        "(cycles: a layer's first start to last end, overlapping its neighbours; adds: the "
+        "cycles by which it ends after every earlier layer, which sum to the run's cycles)",
+    ]
+    return "\n".join(lines)
 
 
-def main_profile(binary: str | os.PathLike[str]) -> None:
-    """`dopant profile`: time the binary on its machine (no inputs needed) and print the run's
-    summary and per-layer table."""
-    stats = profile(load(binary))
-    print(stats.summary())
-    print(stats.table())
+def chrome_trace(stats: RunStats) -> dict[str, Any]:
+    """Chrome trace-event JSON: one track (thread) per engine, one complete ("X") event per
+    instruction named `layer: mnemonic`, times in microseconds at the config's clock."""
+    us_per_cycle = 1.0 / stats.clock_mhz
+    events: list[dict[str, Any]] = [
+        {"name": "process_name", "ph": "M", "pid": 1, "args": {"name": stats.config_name}}
+    ]
+    for tid, engine in enumerate(ENGINES):
+        events.append(
+            {"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": engine}}
+        )
+        events.append(
+            {
+                "name": "thread_sort_index",
+                "ph": "M",
+                "pid": 1,
+                "tid": tid,
+                "args": {"sort_index": tid},
+            }
+        )
+    for slot, layer in zip(stats.slots, stats.slot_layers, strict=True):
+        events.append(
+            {
+                "name": f"{layer}: {slot.op}",
+                "cat": slot.op,
+                "ph": "X",
+                "pid": 1,
+                "tid": ENGINES.index(slot.engine),
+                "ts": slot.start_cycle * us_per_cycle,
+                "dur": slot.cycles * us_per_cycle,
+                "args": {
+                    "instruction": slot.index,
+                    "layer": layer,
+                    "start_cycle": slot.start_cycle,
+                    "end_cycle": slot.end_cycle,
+                    "token_wait_cycles": slot.token_wait_cycles,
+                    "dram_wait_cycles": slot.dram_wait_cycles,
+                },
+            }
+        )
+    return {
+        "traceEvents": events,
+        "displayTimeUnit": "ns",
+        "otherData": {"config": stats.config_name, "clock_mhz": stats.clock_mhz},
+    }

@@ -17,14 +17,13 @@ from dopant.backend.asm import (
     disassemble,
     format_instruction,
     format_program,
-    main_asm,
-    main_disasm,
     parse_assembly,
 )
 from dopant.backend.binary import BinaryError, read_program, write_program
 from dopant.backend.image import LayerRange, Segment, TensorDesc
 from dopant.backend.image import ProgramImage as Program
 from dopant.backend.presets import preset
+from dopant.compiler.cli.accel import main_asm, main_disasm
 from dopant.dialects.isa import ISA, Instruction, InstructionDef
 
 

@@ -7,11 +7,11 @@ import pytest
 from xdsl.utils.exceptions import VerifyException
 
 from dopant.compiler.irio import ir_text, parse_ir
+from dopant.dialects.context import make_context
 from dopant.dialects.qnn import (
     ActivationAttr,
     ConstantOp,
     QuantParamsAttr,
-    make_context,
 )
 from dopant.dialects.qnn.attrs import float_text
 from dopant.support.errors import IRError

@@ -11,7 +11,7 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.parser import Parser
 from xdsl.utils.exceptions import VerifyException
 
-from dopant.dialects.qnn import make_context
+from dopant.dialects.context import make_context
 from dopant.runtime.reference import run, trace
 from dopant.support.errors import ExecutionError, InputError
 

@@ -19,13 +19,13 @@ from xdsl.parser import Parser
 from dopant.backend.asm import parse_assembly
 from dopant.backend.binary import save_program
 from dopant.backend.presets import preset
+from dopant.compiler.cli.accel import main_profile, main_run
+from dopant.dialects.context import make_context
 from dopant.dialects.isa import Instruction
-from dopant.dialects.qnn import make_context
 from dopant.runtime import intops, reference
 from dopant.runtime.program import LayerRange, Program, Segment, TensorDesc
 from dopant.runtime.semantics import integer_conv
 from dopant.runtime.simulator import SimulationError
-from dopant.runtime.stats import main_profile, main_run
 from dopant.support.errors import InputError
 
 SMALL8 = preset("small8")

@@ -17,7 +17,7 @@ from dopant.backend.presets import preset
 from dopant.backend.target import AccelConfig
 from dopant.runtime.program import LayerRange, Program
 from dopant.runtime.simulator import SimulationError
-from dopant.runtime.stats import RunStats, profile
+from dopant.runtime.stats import RunStats
 
 # 8 x 8 array, 8 DRAM bytes per cycle, 8 vector lanes, 200 MHz; latency cut to 10 cycles.
 FAST = preset("small8").with_changes(dram_latency_cycles=10)
@@ -36,7 +36,7 @@ def timed(text: str, config: AccelConfig = FAST, layers: Sequence[LayerRange] = 
         layers=tuple(layers),
         dram_bytes=1 << 20,
     )
-    return profile(program)
+    return program.stats
 
 
 def conv_line(w_bits: int = 8, a_bits: int = 8, **extra: int) -> str:

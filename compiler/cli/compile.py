@@ -1,5 +1,9 @@
-"""`dopant compile`: a model (zoo:NAME, file.py:factory or a .mlir file) to a `.dpb` binary;
-`dopant compare`: the same compile, then its numerics layer by layer (`compiler.compare`)."""
+"""The compile commands: `dopant compile`, a model (zoo:NAME, file.py:factory or a .mlir file) to
+a `.dpb` binary; `dopant compare`, the same compile, then its numerics layer by layer
+(`compiler.compare`).
+
+Handlers import the compiler (xDSL, torch) when they run, so `dopant --help` stays quick.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from dopant.compiler.cli.quantize import (
+from dopant.compiler.cli.options import (
     Command,
     add_calibration_options,
     add_quantize_options,
@@ -124,6 +128,7 @@ def _add_compile_options(p: argparse.ArgumentParser, also: str = "") -> None:
 
 
 def register(command: Command) -> None:
+    """Add the compile commands to the CLI."""
     p = command("compile", _cmd_compile, "compile a model to an accelerator binary (.dpb)")
     _add_compile_options(p)
     p.add_argument("-o", "--output", help="output .dpb file")

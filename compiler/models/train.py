@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dopant.compiler.models.datasets import Dataset
+from dopant.compiler.models import zoo
+from dopant.compiler.models.datasets import Dataset, load_fashion_mnist
 from dopant.support.errors import InputError
 from dopant.support.files import write_atomic
 
@@ -239,9 +240,6 @@ def main_train(model_ref: str, epochs: int, out: str) -> None:
     """`dopant train zoo:NAME --epochs N -o out.npz`: train a zoo model on the full
     Fashion-MNIST train set, print a per-epoch table with full test-set accuracy, save the
     weights."""
-    from dopant.compiler.models import zoo
-    from dopant.compiler.models.datasets import load_fashion_mnist
-
     name = model_ref.removeprefix("zoo:")
     if name not in zoo.ZOO:
         raise InputError(

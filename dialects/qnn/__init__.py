@@ -8,9 +8,6 @@ plans and latency tables can name layers as the user wrote them. The ops live in
 
 from __future__ import annotations
 
-from xdsl.context import Context
-from xdsl.dialects.builtin import Builtin
-from xdsl.dialects.func import Func
 from xdsl.ir import Dialect
 
 from dopant.dialects.qnn.attrs import ActivationAttr, CalibrationAttr, QuantParamsAttr
@@ -49,7 +46,6 @@ __all__ = [
     "ReluOp",
     "RequantizeOp",
     "ReshapeOp",
-    "make_context",
 ]
 
 QNN = Dialect(
@@ -73,13 +69,3 @@ QNN = Dialect(
     ],
     [QuantParamsAttr, ActivationAttr, CalibrationAttr],
 )
-
-
-def make_context() -> Context:
-    """A context that parses dopant IR at every stage: builtin, func, qnn and accel."""
-    from dopant.dialects.accel import ACCEL  # accel builds on qnn's attributes
-
-    ctx = Context()
-    for dialect in (Builtin, Func, QNN, ACCEL):
-        ctx.load_dialect(dialect)
-    return ctx

@@ -1,0 +1,41 @@
+"""The model commands: `dopant zoo`, `train` and `demo` (the main job)."""
+
+from __future__ import annotations
+
+import argparse
+
+from dopant.compiler.cli.options import Command
+
+
+def _cmd_zoo(args: argparse.Namespace) -> None:
+    from dopant.compiler.models import zoo
+
+    for name in zoo.names():
+        entry = zoo.get(name)
+        dims = "x".join(map(str, entry.input_shape))
+        print(f"zoo:{name:<12} {dims:<12} {entry.summary}")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from dopant.compiler.models.train import main_train
+
+    main_train(args.model, args.epochs, args.output)
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from dopant.compiler.models.demo import demo
+
+    demo(args.model)
+
+
+def register(command: Command) -> None:
+    """Add the model commands to the CLI."""
+    command("zoo", _cmd_zoo, "list the built-in models")
+    p = command("train", _cmd_train, "train a zoo model on Fashion-MNIST")
+    p.add_argument("model", help="zoo:NAME")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("-o", "--output", required=True, help="weights .npz")
+    p = command("demo", _cmd_demo, "the main job on an embedded default model")
+    p.add_argument(
+        "--model", default="zoo:resnet8", help="trained model: zoo:resnet8 or zoo:lenet5"
+    )
