@@ -16,13 +16,13 @@ import time
 import torch
 from threadpoolctl import threadpool_limits
 
+from dopant.compiler.driver import CANONICAL_PIPELINE, quantize_network
 from dopant.compiler.evaluate import accuracy
 from dopant.compiler.fakequant import FakeQuantNetwork, finetune
 from dopant.compiler.frontend import import_model
 from dopant.compiler.models.datasets import load_fashion_mnist, load_sample
 from dopant.compiler.models.pretrained import load_pretrained
 from dopant.compiler.pipeline import run_pipeline
-from dopant.compiler.quantization import CANONICAL, quantize_network
 
 SETTINGS = {
     "W4A4": {"weight_bits": 4, "act_bits": 4, "weight_clip": "mse"},
@@ -43,7 +43,7 @@ def main() -> None:
     train = load_fashion_mnist("train").subset(args.train)
     test = load_fashion_mnist("test")
     module = import_model(load_pretrained(args.model), torch.from_numpy(calibration[:1]))
-    run_pipeline(module, CANONICAL)
+    run_pipeline(module, CANONICAL_PIPELINE)
     print(
         f"# {args.model}: float {accuracy(module, test.x, test.y):.2%} on {len(test)} test "
         f"images; QAT: {args.epochs} epochs on {len(train)} training images, Adam lr "

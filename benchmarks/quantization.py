@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
+from dopant.compiler.driver import CANONICAL_PIPELINE, quantize_network
 from dopant.compiler.evaluate import accuracy, layer_snr
 from dopant.compiler.fakequant import FakeQuantNetwork
 from dopant.compiler.frontend import import_model
 from dopant.compiler.models.datasets import load_fashion_mnist, load_sample
 from dopant.compiler.models.pretrained import load_pretrained
 from dopant.compiler.pipeline import run_pipeline
-from dopant.compiler.quantization import CANONICAL, quantize_network
 
 CONFIGS = {  # name -> QuantizePass options; sub-8-bit weights use MSE-optimal clipping
     "W8A8": {"weight_bits": 8, "act_bits": 8},
@@ -58,7 +58,7 @@ def main() -> None:
         start = time.perf_counter()
         model = load_pretrained(name)
         module = import_model(model, torch.from_numpy(calibration[:1]))
-        run_pipeline(module, CANONICAL)
+        run_pipeline(module, CANONICAL_PIPELINE)
         float_acc = accuracy(module, test.x, test.y)
         print(f"\n## {name}: float {float_acc:.2%}  (integer ref / fake-quant model)\n")
         print("| calibration | " + " | ".join(CONFIGS) + " |")

@@ -25,7 +25,7 @@ from xdsl.dialects.func import FuncOp
 from dopant.compiler.evaluate import BatchedRunner
 from dopant.dialects.qnn import CalibrationAttr, QnnOp
 from dopant.dialects.qnn.attrs import CALIBRATION_METHODS
-from dopant.dialects.qnn.base import is_float
+from dopant.dialects.qnn.base import forward, is_float
 from dopant.support.errors import InputError
 
 ACT_BITS = (8, 4, 2)  # the activation widths quantize offers (BitFusion bricks)
@@ -117,16 +117,9 @@ def _op_keys(module: ModuleOp) -> list[tuple[str, QnnOp]]:
     return keys
 
 
-def _forward(module: ModuleOp) -> FuncOp:
-    for op in module.walk():
-        if isinstance(op, FuncOp) and op.sym_name.data == "forward":
-            return op
-    raise InputError("the module has no @forward function to calibrate.")
-
-
 def check_data(module: ModuleOp, data: np.ndarray, source: str = "calibration data") -> None:
     """Calibration data must be real-valued samples shaped like the model's input."""
-    fn = _forward(module)
+    fn = forward(module, "to calibrate")
     if len(fn.body.block.args) != 1:
         raise InputError("calibration supports models with exactly one input.")
     arg_type = fn.body.block.args[0].type
@@ -190,7 +183,7 @@ def calibrate(
         op.attributes["calib"] = CalibrationAttr.get(
             method, _ranges(stats[key], method, percentile)
         )
-    fn = _forward(module)
+    fn = forward(module, "to calibrate")
     calib = CalibrationAttr.get(method, _ranges(stats[INPUT], method, percentile))
     fn.arg_attrs = _with_arg_calib(fn, calib)
     module.attributes["qnn.calibration"] = StringAttr(f"{method} on {len(data)} samples")

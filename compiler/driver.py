@@ -13,6 +13,9 @@ It reads as its stages, in order, each one's IR kept and dumpable (`CompiledMode
 
 When a pass fails, the IR before it is written to a file and the error names the stage, the
 pass, that file and the `dopant opt` command that reproduces the failure.
+
+`quantize_network(module, data, ...)` runs only the float stages and `quantize`, for accuracy
+work on the integer network without a target.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from dopant.dialects.qnn.base import is_float
 from dopant.passes.quantize import QuantizePass
 from dopant.runtime.loader import load
 from dopant.runtime.program import Program, RunResult
-from dopant.support.errors import DopantError
+from dopant.support.errors import DopantError, InputError
 from dopant.support.files import write_atomic
 
 STAGES = ("imported", "canonical", "calibrated", "quantized", "tiled", "accel")
@@ -82,6 +85,42 @@ class CompiledModel:
         """Run the binary on the simulated accelerator (float inputs, dequantized outputs;
         `values` keeps every layer's integer output, as `Program.run`)."""
         return self.program.run(*inputs, trace=trace, values=values)
+
+
+def quantize_pass(options: dict[str, Any]) -> QuantizePass:
+    """The quantize pass with `options` (QuantizePass's fields); bad option names fail here,
+    before any work."""
+    try:
+        return QuantizePass(**options)
+    except TypeError:
+        valid = ", ".join(f.name for f in dataclasses.fields(QuantizePass))
+        raise InputError(
+            f"unknown quantize option(s) {sorted(options)}; the options are {valid}."
+        ) from None
+
+
+def quantize_network(
+    module: ModuleOp,
+    data: np.ndarray | None,
+    *,
+    method: str = "minmax",
+    percentile: float = 99.99,
+    **options: Any,
+) -> ModuleOp:
+    """A quantized copy of float `module` (the canonical, calibrated and quantized stages);
+    `module` itself is left as it was.
+
+    With `data` the copy is calibrated on it (else it must carry calibration ranges already);
+    `options` are QuantizePass's (`weight_bits`, `act_bits`, `per_channel`, `rounding`,
+    `weight_clip`, `first_last_bits`, `output_bits`, `overrides`).
+    """
+    quantizer = quantize_pass(options)
+    copy = module.clone()
+    run_pipeline(copy, CANONICAL_PIPELINE)
+    if data is not None:
+        calibrate(copy, data, method, percentile=percentile)
+    run_pipeline(copy, [quantizer])
+    return copy
 
 
 def _pass_text(p: ModulePass) -> str:
@@ -128,13 +167,7 @@ def compile_module(
     config = target if isinstance(target, AccelConfig) else load_target(target)
     if dataflow:
         config = config.with_changes(dataflow=dataflow)
-    try:
-        quantizer = QuantizePass(**quantize_options)
-    except TypeError:
-        names = ", ".join(f.name for f in dataclasses.fields(QuantizePass))
-        raise CompileError(
-            f"unknown quantize option(s) {sorted(quantize_options)}; the options are {names}."
-        ) from None
+    quantizer = quantize_pass(quantize_options)
     stages: dict[str, ModuleOp] = {}
     seconds: dict[str, float] = {}
     module = module.clone()

@@ -27,14 +27,14 @@ from dopant.dialects.qnn import (
     RequantizeOp,
     ReshapeOp,
 )
-from dopant.dialects.qnn.base import shape
+from dopant.dialects.qnn.base import forward, shape
 from dopant.dialects.qnn.values import output_params, value_names
 from dopant.passes._convert_qnn_to_accel.conv import ConvDram, lower_conv
 from dopant.passes._convert_qnn_to_accel.dram import Dram
 from dopant.passes._convert_qnn_to_accel.requant import layer_requant, requant
 from dopant.passes._convert_qnn_to_accel.schedule import Schedule
 from dopant.passes._convert_qnn_to_accel.vector import lower_vector
-from dopant.passes.tiling.ops import VECTOR_OPS, forward, plane, vector_shapes
+from dopant.passes.tiling.ops import VECTOR_OPS, plane, vector_shapes
 from dopant.passes.tiling.plan import (
     ConvShape,
     Elem,
@@ -75,7 +75,7 @@ class ConvertQnnToAccelPass(ModulePass):
     name = "convert-qnn-to-accel"
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        layers = list(forward(op).body.block.ops)
+        layers = list(forward(op, "to lower").body.block.ops)
         lowering = _Lowering(module_target(op), value_names(layers))
         for layer in layers:
             lowering.lower(layer)

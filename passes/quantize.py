@@ -11,7 +11,7 @@ from xdsl.passes import ModulePass
 
 from dopant.dialects.qnn import BatchNormOp, CalibrationAttr, QnnOp
 from dopant.dialects.qnn.attrs import ROUNDING_MODES
-from dopant.dialects.qnn.base import is_float
+from dopant.dialects.qnn.base import forward, is_float
 from dopant.passes._quantize.lower import Lowering, replace_body
 from dopant.passes._quantize.numerics import WEIGHT_CLIPS
 from dopant.passes._quantize.plan import (
@@ -22,13 +22,6 @@ from dopant.passes._quantize.plan import (
     value_bits,
 )
 from dopant.support.errors import DopantError
-
-
-def _forward(module: ModuleOp) -> FuncOp:
-    for op in module.walk():
-        if isinstance(op, FuncOp) and op.sym_name.data == "forward":
-            return op
-    raise DopantError("quantize needs a @forward function.")
 
 
 def _check_ready(fn: FuncOp) -> None:
@@ -109,7 +102,7 @@ class QuantizePass(ModulePass):
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         self._check_options()
-        fn = _forward(op)
+        fn = forward(op, "to quantize")
         _check_ready(fn)
         layers = layer_bits(
             fn, self.weight_bits, self.act_bits, self.first_last_bits, self.overrides

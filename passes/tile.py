@@ -15,6 +15,7 @@ from dopant.backend.presets import load_target
 from dopant.backend.target import AccelConfig
 from dopant.dialects.isa import IsaError
 from dopant.dialects.qnn import Conv2DOp, LinearOp
+from dopant.dialects.qnn.base import forward
 from dopant.passes.tiling.conv import ConvBuffers, array_bits, tile_counts
 from dopant.passes.tiling.cost import (
     Estimate,
@@ -24,7 +25,7 @@ from dopant.passes.tiling.cost import (
     options,
     vector_estimate,
 )
-from dopant.passes.tiling.ops import forward, planned_ops, vector_shapes
+from dopant.passes.tiling.ops import planned_ops, vector_shapes
 from dopant.passes.tiling.plan import (
     ORDERS,
     PLAN_ATTR,
@@ -62,7 +63,7 @@ class TilePass(ModulePass):
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         config = load_target(self.target, self.dataflow or None)
-        for layer in planned_ops(forward(op)):
+        for layer in planned_ops(forward(op, "to tile")):
             if isinstance(layer, Conv2DOp | LinearOp):
                 plan = plan_conv(ConvShape.of(layer), config)
                 layer.attributes[PLAN_ATTR] = plan.attr()

@@ -14,11 +14,13 @@ hundreds of groups never loops over channels in Python; pooling loops over the k
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from dopant.dialects.shapes import window_out
+from dopant.runtime import intops
 
 # im2col copies at most this many elements (8 MiB of float32) per GEMM; larger batches are cut
 # into slices, which measured faster than one big copy on 2 cores (cache-sized blocks).
@@ -165,46 +167,64 @@ def _lowest(dtype: np.dtype) -> float:
     return -np.inf if np.issubdtype(dtype, np.floating) else int(np.iinfo(dtype).min)
 
 
-def max_pool2d(
-    x: np.ndarray,
-    kernel: Sequence[int],
-    strides: Sequence[int],
-    padding: Sequence[int],
-    dilation: Sequence[int],
-    ceil_mode: bool,
-    zero_pad: bool,
-) -> np.ndarray:
+@dataclass(frozen=True)
+class Pool:
+    """Pooling geometry as torch takes it: kernel and strides as (h, w), padding as [top, bottom,
+    left, right], dilation (max pooling only) and ceil mode."""
+
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    ceil_mode: bool = False
+    dilation: tuple[int, int] = (1, 1)
+
+    @staticmethod
+    def of(
+        kernel: Sequence[int],
+        strides: Sequence[int],
+        padding: Sequence[int],
+        ceil_mode: bool = False,
+        dilation: Sequence[int] = (1, 1),
+    ) -> Pool:
+        k, s, p, d = tuple(kernel), tuple(strides), tuple(padding), tuple(dilation)
+        return Pool((k[0], k[1]), (s[0], s[1]), (p[0], p[1], p[2], p[3]), ceil_mode, (d[0], d[1]))
+
+    def out_hw(self, x: np.ndarray) -> tuple[int, int]:
+        return _out_hw(x, self.kernel, self.strides, self.padding, self.dilation, self.ceil_mode)
+
+    def windows(
+        self, x: np.ndarray, pad_value: float, overhang_value: float
+    ) -> Iterator[np.ndarray]:
+        """For each kernel offset, the view of padded `x` it reads for every output window."""
+        out_hw = self.out_hw(x)
+        extent = _extent(out_hw, self.kernel, self.strides, self.dilation)
+        xp = _padded(x, self.padding, extent, pad_value, overhang_value)
+        return _offsets(xp, self.kernel, self.strides, self.dilation, out_hw)
+
+
+def max_pool2d(x: np.ndarray, pool: Pool, zero_pad: bool) -> np.ndarray:
     """Max pooling as torch's `F.max_pool2d`; padding is -inf, or zeros with `zero_pad`.
 
     The ceil-mode overhang past the padding never wins: it is -inf (the dtype's minimum for
     integers) even with `zero_pad`. A window that lies wholly in -inf padding gives -inf.
     """
-    out_hw = _out_hw(x, kernel, strides, padding, dilation, ceil_mode)
+    out_hw = pool.out_hw(x)
     if 0 in x.shape[:2] or 0 in out_hw:
         return np.zeros(x.shape[:2] + out_hw, x.dtype)
     lowest = _lowest(x.dtype)
-    extent = _extent(out_hw, kernel, strides, dilation)
-    xp = _padded(x, padding, extent, 0 if zero_pad else lowest, lowest)
-    views = _offsets(xp, kernel, strides, dilation, out_hw)
+    views = pool.windows(x, 0 if zero_pad else lowest, lowest)
     y = next(views).copy()
     for view in views:
         np.maximum(y, view, out=y)
     return y
 
 
-def sum_pool2d(
-    x: np.ndarray,
-    kernel: Sequence[int],
-    strides: Sequence[int],
-    padding: Sequence[int],
-    ceil_mode: bool,
-) -> np.ndarray:
+def sum_pool2d(x: np.ndarray, pool: Pool) -> np.ndarray:
     """Window sums over zero padding: the numerator of average pooling (exact for integers)."""
-    out_hw = _out_hw(x, kernel, strides, padding, (1, 1), ceil_mode)
+    out_hw = pool.out_hw(x)
     if 0 in x.shape[:2] or 0 in out_hw:
         return np.zeros(x.shape[:2] + out_hw, x.dtype)
-    xp = _padded(x, padding, _extent(out_hw, kernel, strides, (1, 1)), 0, 0)
-    views = _offsets(xp, kernel, strides, (1, 1), out_hw)
+    views = pool.windows(x, 0, 0)
     y = next(views).copy()
     for view in views:
         y += view
@@ -223,42 +243,32 @@ def _axis_counts(
     return np.maximum(np.minimum(end, size) - np.maximum(start, 0), 0)
 
 
-def avg_pool_divisor(
-    size_hw: tuple[int, int],
-    kernel: Sequence[int],
-    strides: Sequence[int],
-    padding: Sequence[int],
-    ceil_mode: bool,
-    count_include_pad: bool,
-) -> np.ndarray:
+def avg_pool_divisor(size_hw: Sequence[int], pool: Pool, count_include_pad: bool) -> np.ndarray:
     """The [ho, wo] divisor of each average-pooling window, exactly as torch's CPU kernel.
 
     With `count_include_pad` it counts input and explicit padding; without, input only. The
     ceil-mode overhang is never counted. A window wholly in padding without
     `count_include_pad` has divisor 0 (torch forbids padding beyond half the kernel).
     """
-    top, bottom, left, right = padding
-    ho = window_out(size_hw[0], kernel[0], strides[0], top, bottom, 1, ceil_mode)
-    wo = window_out(size_hw[1], kernel[1], strides[1], left, right, 1, ceil_mode)
-    rows = _axis_counts(size_hw[0], kernel[0], strides[0], top, bottom, ho, count_include_pad)
-    cols = _axis_counts(size_hw[1], kernel[1], strides[1], left, right, wo, count_include_pad)
+    (kh, kw), (sh, sw), (top, bottom, left, right) = pool.kernel, pool.strides, pool.padding
+    ho = window_out(size_hw[0], kh, sh, top, bottom, 1, pool.ceil_mode)
+    wo = window_out(size_hw[1], kw, sw, left, right, 1, pool.ceil_mode)
+    rows = _axis_counts(size_hw[0], kh, sh, top, bottom, ho, count_include_pad)
+    cols = _axis_counts(size_hw[1], kw, sw, left, right, wo, count_include_pad)
     return rows[:, None] * cols[None, :]
 
 
-def avg_pool2d(
-    x: np.ndarray,
-    kernel: Sequence[int],
-    strides: Sequence[int],
-    padding: Sequence[int],
-    ceil_mode: bool,
-    count_include_pad: bool,
-) -> np.ndarray:
-    """Average pooling as torch's `F.avg_pool2d` (no `divisor_override`) for a float `x`.
+def avg_pool2d(x: np.ndarray, pool: Pool, count_include_pad: bool) -> np.ndarray:
+    """Average pooling as torch's `F.avg_pool2d` (no `divisor_override`).
 
-    A window with divisor 0 (wholly in padding, padding not counted) averages to 0.
+    A float `x` divides in its dtype; an integer `x` sums exactly in int64 and divides with
+    `intops.rounding_divide` (half away from zero), the integer network's definition. A window
+    with divisor 0 (wholly in padding, padding not counted) averages to 0.
     """
-    total = sum_pool2d(x, kernel, strides, padding, ceil_mode)
-    divisor = avg_pool_divisor(x.shape[2:], kernel, strides, padding, ceil_mode, count_include_pad)
+    divisor = avg_pool_divisor(x.shape[2:], pool, count_include_pad)
+    if np.issubdtype(x.dtype, np.integer):
+        return intops.rounding_divide(sum_pool2d(x.astype(np.int64), pool), np.maximum(divisor, 1))
+    total = sum_pool2d(x, pool)
     divisor = divisor.astype(x.dtype)
     return np.divide(total, divisor, out=np.zeros_like(total), where=divisor > 0)
 

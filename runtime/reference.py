@@ -236,9 +236,10 @@ class QnnFunctions(InterpreterFunctions):
     @_guarded
     def run_max_pool2d(self, interp: Interpreter, op: qnn.MaxPool2DOp, args: PythonValues) -> Any:
         kernel, strides, padding = op.pool_props()
-        ceil, zero_pad = op.ceil_mode is not None, op.zero_pad is not None
-        dilation = ints(op.dilation)
-        y = kernels.max_pool2d(args[0], kernel, strides, padding, dilation, ceil, zero_pad)
+        pool = kernels.Pool.of(
+            kernel, strides, padding, op.ceil_mode is not None, ints(op.dilation)
+        )
+        y = kernels.max_pool2d(args[0], pool, op.zero_pad is not None)
         return (_fit(op, y),)
 
     @impl(qnn.AvgPool2DOp)
@@ -246,13 +247,9 @@ class QnnFunctions(InterpreterFunctions):
     def run_avg_pool2d(self, interp: Interpreter, op: qnn.AvgPool2DOp, args: PythonValues) -> Any:
         (x,) = args
         kernel, strides, padding = op.pool_props()
-        ceil, include = op.ceil_mode is not None, op.count_include_pad is not None
-        if not _is_int(x):
-            return (kernels.avg_pool2d(x, kernel, strides, padding, ceil, include),)
-        total = kernels.sum_pool2d(x.astype(np.int64), kernel, strides, padding, ceil)
-        divisor = kernels.avg_pool_divisor(x.shape[2:], kernel, strides, padding, ceil, include)
-        # A window without input elements has sum 0 and divisor 0; it averages to 0.
-        return (_fit(op, intops.rounding_divide(total, np.maximum(divisor, 1))),)
+        pool = kernels.Pool.of(kernel, strides, padding, op.ceil_mode is not None)
+        y = kernels.avg_pool2d(x, pool, op.count_include_pad is not None)
+        return (_fit(op, y),)
 
     @impl(qnn.GlobalAvgPoolOp)
     @_guarded

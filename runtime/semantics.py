@@ -188,18 +188,17 @@ def vpool(f: Fields, mem: Memories) -> None:
     _require_positive(f, "kh", "kw", "stride_h", "stride_w")
     c, ih, iw = f["c"], f["ih"], f["iw"]
     x = mem.sp_span("inp", f["inp"], c * ih * iw).reshape(1, c, ih, iw)
-    kernel, strides = (f["kh"], f["kw"]), (f["stride_h"], f["stride_w"])
-    padding = (f["pad_top"], f["pad_bottom"], f["pad_left"], f["pad_right"])
-    ceil = bool(f["ceil_mode"])
+    pool = kernels.Pool(
+        (f["kh"], f["kw"]),
+        (f["stride_h"], f["stride_w"]),
+        (f["pad_top"], f["pad_bottom"], f["pad_left"], f["pad_right"]),
+        bool(f["ceil_mode"]),
+    )
     if f["avg"]:
-        total = kernels.sum_pool2d(x.astype(np.int64), kernel, strides, padding, ceil)
-        divisor = kernels.avg_pool_divisor(
-            (ih, iw), kernel, strides, padding, ceil, bool(f["count_include_pad"])
-        )
         # A window without input elements sums to 0 over divisor 0; it averages to 0.
-        y = intops.rounding_divide(total, np.maximum(divisor, 1))
+        y = kernels.avg_pool2d(x, pool, bool(f["count_include_pad"]))
     else:
-        y = kernels.max_pool2d(x, kernel, strides, padding, (1, 1), ceil, bool(f["zero_pad"]))
+        y = kernels.max_pool2d(x, pool, bool(f["zero_pad"]))
         # kernels pads with the int32 minimum; the ISA pads with the storage minimum. The two
         # agree on every window holding an input element (inputs are >= the storage minimum),
         # and the floor below turns a window wholly in padding into the storage minimum.

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from dopant.compiler.driver import CANONICAL_PIPELINE, quantize_network
 from dopant.compiler.evaluate import BatchedRunner, accuracy, layer_snr, snr_db
 from dopant.compiler.frontend import import_model
 from dopant.compiler.models import zoo
 from dopant.compiler.pipeline import run_pipeline
-from dopant.compiler.quantization import CANONICAL, quantize_network
 from dopant.runtime import reference
 from dopant.support.errors import InputError
 
@@ -22,7 +22,7 @@ def lenet() -> tuple[object, np.ndarray]:
     model = zoo.get("lenet5").build()
     x = np.random.default_rng(0).uniform(0, 1, (70, 1, 28, 28)).astype(np.float32)
     module = import_model(model, torch.from_numpy(x[:1]))
-    run_pipeline(module, CANONICAL)
+    run_pipeline(module, CANONICAL_PIPELINE)
     return module, x
 
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from dopant.dialects.shapes import window_out
 from dopant.runtime import kernels
+from dopant.runtime.kernels import Pool
 
 FAST = settings(max_examples=150, deadline=None)
 
@@ -165,15 +166,10 @@ def test_max_pool2d_matches_torch_including_ceil_mode_and_dilation(case: dict) -
     ref = F.max_pool2d(
         t(x), case["kernel"], case["strides"], case["pad"], case["dilation"], case["ceil_mode"]
     )
-    got = kernels.max_pool2d(
-        x,
-        case["kernel"],
-        case["strides"],
-        (ph, ph, pw, pw),
-        case["dilation"],
-        case["ceil_mode"],
-        False,
+    pool = Pool.of(
+        case["kernel"], case["strides"], (ph, ph, pw, pw), case["ceil_mode"], case["dilation"]
     )
+    got = kernels.max_pool2d(x, pool, False)
     assert_close(got, ref)
 
 
@@ -186,7 +182,9 @@ def test_avg_pool2d_matches_torch_including_ceil_mode_and_count_include_pad(case
         t(x), case["kernel"], case["strides"], case["pad"], case["ceil_mode"], case["flag"]
     )
     got = kernels.avg_pool2d(
-        x, case["kernel"], case["strides"], (ph, ph, pw, pw), case["ceil_mode"], case["flag"]
+        x,
+        Pool.of(case["kernel"], case["strides"], (ph, ph, pw, pw), case["ceil_mode"]),
+        case["flag"],
     )
     assert_close(got, ref)
 
@@ -252,9 +250,11 @@ def test_pooling_with_asymmetric_padding_matches_the_definition(
     x = randn(seed, 2, 2, *size)
     ref = _loop_pool(x, kernel, strides, pads, ceil_mode, mode)
     if mode.startswith("max"):
-        got = kernels.max_pool2d(x, kernel, strides, pads, (1, 1), ceil_mode, mode != "max")
+        got = kernels.max_pool2d(x, Pool.of(kernel, strides, pads, ceil_mode), mode != "max")
     else:
-        got = kernels.avg_pool2d(x, kernel, strides, pads, ceil_mode, mode == "avg_include")
+        got = kernels.avg_pool2d(
+            x, Pool.of(kernel, strides, pads, ceil_mode), mode == "avg_include"
+        )
     assert_close(got, ref)
 
 
@@ -265,13 +265,13 @@ def test_asymmetric_padding_without_ceil_mode_matches_torch_after_f_pad() -> Non
     ninf = F.pad(t(x), widths, value=-math.inf)
     zeros = F.pad(t(x), widths)
     assert_close(
-        kernels.max_pool2d(x, (3, 3), (2, 2), pads, (1, 1), False, False), F.max_pool2d(ninf, 3, 2)
+        kernels.max_pool2d(x, Pool.of((3, 3), (2, 2), pads), False), F.max_pool2d(ninf, 3, 2)
     )
     assert_close(
-        kernels.max_pool2d(x, (3, 3), (2, 2), pads, (1, 1), False, True), F.max_pool2d(zeros, 3, 2)
+        kernels.max_pool2d(x, Pool.of((3, 3), (2, 2), pads), True), F.max_pool2d(zeros, 3, 2)
     )
     assert_close(
-        kernels.avg_pool2d(x, (3, 3), (2, 2), pads, False, True), F.avg_pool2d(zeros, 3, 2)
+        kernels.avg_pool2d(x, Pool.of((3, 3), (2, 2), pads), True), F.avg_pool2d(zeros, 3, 2)
     )
 
 
@@ -282,19 +282,19 @@ def test_ceil_mode_overhang_counts_neither_as_padding_nor_as_a_maximum() -> None
     x = -np.arange(1, 7, dtype=np.float32).reshape(1, 1, 1, 6)  # -1 .. -6
     # count_include_pad: (0 - 1 - 2) / 3 = -1, -9 / 3 = -3, -15 / 3 = -5, (-6 + 0) / 2 = -3
     # (divisor min(5 + 3, 6 + 1) - 5 = 2: the padding counts, the overhang does not).
-    include = kernels.avg_pool2d(x, (1, 3), (1, 2), (0, 0, 1, 1), True, True)
+    include = kernels.avg_pool2d(x, Pool.of((1, 3), (1, 2), (0, 0, 1, 1), True), True)
     np.testing.assert_array_equal(include[0, 0, 0], [-1.0, -3.0, -5.0, -3.0])
     # Without: -3 / 2 = -1.5, -3, -5, -6 / 1 = -6.
-    exclude = kernels.avg_pool2d(x, (1, 3), (1, 2), (0, 0, 1, 1), True, False)
+    exclude = kernels.avg_pool2d(x, Pool.of((1, 3), (1, 2), (0, 0, 1, 1), True), False)
     np.testing.assert_array_equal(exclude[0, 0, 0], [-1.5, -3.0, -5.0, -6.0])
     for flag, got in ((True, include), (False, exclude)):
         ref = F.avg_pool2d(t(x), (1, 3), (1, 2), (0, 1), True, flag)
         np.testing.assert_array_equal(got, ref.numpy())
     # Max pool: -inf padding gives -1, -2, -4, -6; zero padding wins over negatives (0, -2, -4,
     # 0), but the overhang never does.
-    ninf = kernels.max_pool2d(x, (1, 3), (1, 2), (0, 0, 1, 1), (1, 1), True, False)
+    ninf = kernels.max_pool2d(x, Pool.of((1, 3), (1, 2), (0, 0, 1, 1), True), False)
     np.testing.assert_array_equal(ninf[0, 0, 0], [-1.0, -2.0, -4.0, -6.0])
-    zero = kernels.max_pool2d(x, (1, 3), (1, 2), (0, 0, 1, 1), (1, 1), True, True)
+    zero = kernels.max_pool2d(x, Pool.of((1, 3), (1, 2), (0, 0, 1, 1), True), True)
     np.testing.assert_array_equal(zero[0, 0, 0], [0.0, -2.0, -4.0, 0.0])
 
 

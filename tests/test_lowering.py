@@ -20,11 +20,11 @@ from xdsl.dialects.builtin import ModuleOp
 
 from dopant.backend.emit import emit_binary
 from dopant.backend.presets import load_target, preset
+from dopant.compiler.driver import quantize_network
 from dopant.compiler.frontend import import_model
 from dopant.compiler.irio import ir_text, parse_ir
 from dopant.compiler.models import zoo
 from dopant.compiler.pipeline import run_pipeline
-from dopant.compiler.quantization import quantize_network
 from dopant.dialects.accel import InstructionOp, SegmentOp, TensorOp
 from dopant.dialects.isa import TOKENS
 from dopant.dialects.qnn import DequantizeOp, QnnOp

@@ -159,9 +159,9 @@ def test_the_cost_model_counts_the_instructions_the_lowering_emits(
 def quantized_resnet8() -> str:
     import torch
 
+    from dopant.compiler.driver import quantize_network
     from dopant.compiler.frontend import import_model
     from dopant.compiler.models import zoo
-    from dopant.compiler.quantization import quantize_network
 
     x = np.random.default_rng(0).uniform(0, 1, (4, 1, 28, 28)).astype(np.float32)
     module = import_model(zoo.get("resnet8").build(), torch.from_numpy(x[:1]))

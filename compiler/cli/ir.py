@@ -23,11 +23,11 @@ def _cmd_import(args: argparse.Namespace) -> None:
     module = import_model(loaded.model, loaded.example_input)
     if args.calibration:
         from dopant.compiler.calibrate import calibrate
+        from dopant.compiler.driver import CANONICAL_PIPELINE
         from dopant.compiler.pipeline import run_pipeline
-        from dopant.compiler.quantization import CANONICAL
 
         data = calibration_data(args.calibration, module)
-        run_pipeline(module, CANONICAL)
+        run_pipeline(module, CANONICAL_PIPELINE)
         calibrate(module, data, args.method, percentile=args.percentile)
     write_ir(module, args.output, args.generic)
 

@@ -18,20 +18,20 @@ from dopant.compiler.cli.options import (
 
 def _cmd_calibrate(args: argparse.Namespace) -> None:
     from dopant.compiler.calibrate import calibrate
+    from dopant.compiler.driver import CANONICAL_PIPELINE
     from dopant.compiler.irio import read_ir, write_ir
     from dopant.compiler.pipeline import run_pipeline
-    from dopant.compiler.quantization import CANONICAL
 
     module = read_ir(args.input)
     data = calibration_data(args.calibration, module)
-    run_pipeline(module, CANONICAL)
+    run_pipeline(module, CANONICAL_PIPELINE)
     calibrate(module, data, args.method, percentile=args.percentile)
     write_ir(module, args.output)
 
 
 def _cmd_quantize(args: argparse.Namespace) -> None:
+    from dopant.compiler.driver import quantize_network
     from dopant.compiler.irio import read_ir, write_ir
-    from dopant.compiler.quantization import quantize_network
 
     module = read_ir(args.input)
     data = calibration_data(args.calibration, module) if args.calibration else None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 from xdsl.dialects.builtin import Float32Type, ModuleOp, TensorType
-from xdsl.dialects.func import FuncOp, ReturnOp
+from xdsl.dialects.func import ReturnOp
 from xdsl.ir import Operation, SSAValue
 
 from dopant.compiler.fakequant.nodes import (
@@ -29,6 +29,7 @@ from dopant.compiler.fakequant.nodes import (
     Node,
     QuantizeNode,
     RequantizeNode,
+    Rescale,
 )
 from dopant.compiler.fakequant.shapes import conv_fn, move_fn
 from dopant.dialects.qnn import (
@@ -48,7 +49,7 @@ from dopant.dialects.qnn import (
     RequantizeOp,
     ReshapeOp,
 )
-from dopant.dialects.qnn.base import is_float, shape
+from dopant.dialects.qnn.base import forward, is_float, shape
 from dopant.dialects.qnn.layers import ssa_name
 from dopant.support.errors import InputError
 
@@ -97,13 +98,6 @@ def _where(op: Operation) -> str:
     return op.where if isinstance(op, QnnOp) else op.name
 
 
-def _forward(module: ModuleOp) -> FuncOp:
-    for op in module.walk():
-        if isinstance(op, FuncOp) and op.sym_name.data == "forward":
-            return op
-    raise InputError("the module has no @forward function to build a fake-quant network from.")
-
-
 def _per_sample(value: SSAValue) -> int:
     return math.prod(shape(value)[1:])
 
@@ -119,7 +113,7 @@ def build(module: ModuleOp) -> Program:
     simulate, nonzero zero points, per-channel activation parameters, weights that are not
     constants of their own, or parameters that disagree with the value they describe.
     """
-    fn = _forward(module)
+    fn = forward(module, "to build a fake-quant network from")
     args = fn.body.block.args
     if len(args) != 1 or not isinstance(args[0].type, TensorType):
         raise InputError("the fake-quant network takes a @forward with exactly one input tensor.")
@@ -297,9 +291,8 @@ class _Builder:
             self._same(op, "input", p_in, op.input)
         key = self._step(op, p_out, op.output)
         act = op.act.bounds if op.act is not None else None
-        node = RequantizeNode(
-            x, self._id(op.output), key, act, p_out.qmin, p_out.qmax, op.rounding.data
-        )
+        out = Rescale(self._id(op.output), key, act, p_out.qmin, p_out.qmax, op.rounding.data)
+        node = RequantizeNode(x, out)
         self.program.nodes.append(node)
 
     def _add(self, op: AddOp) -> None:
@@ -312,9 +305,8 @@ class _Builder:
         p_out = params[2]
         key = self._step(op, p_out, op.output)
         act = op.act.bounds if op.act is not None else None
-        node = AddNode(
-            lhs, rhs, self._id(op.output), key, act, p_out.qmin, p_out.qmax, op.rounding.data
-        )
+        out = Rescale(self._id(op.output), key, act, p_out.qmin, p_out.qmax, op.rounding.data)
+        node = AddNode(lhs, rhs, out)
         self.program.nodes.append(node)
 
     def _concat(self, op: ConcatOp) -> None:

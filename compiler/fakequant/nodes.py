@@ -144,11 +144,10 @@ class LayerNode:
 
 
 @dataclass(frozen=True)
-class RequantizeNode:
-    """`qnn.requantize` of an accumulator or an activation to a learned step, with the clamp
-    of a fused activation (`act` real bounds)."""
+class Rescale:
+    """Where a rescaling op (requantize, add) writes: its output, the learned step it rescales
+    to, the clamp of a fused activation (`act` real bounds), the storage range and rounding."""
 
-    input: int
     output: int
     step: str
     act: tuple[float, float] | None
@@ -156,10 +155,23 @@ class RequantizeNode:
     qmax: int
     rounding: str
 
+    def step_and_bounds(self, env: Env) -> tuple[Tensor, tuple[int, int]]:
+        s = env.steps[self.step]
+        return s, qn.activation_bounds(self.act, s, self.qmin, self.qmax)
+
+
+@dataclass(frozen=True)
+class RequantizeNode:
+    """`qnn.requantize` of an accumulator or an activation to a learned step."""
+
+    input: int
+    out: Rescale
+
     def run(self, env: Env) -> None:
-        x, s = env.values[self.input], env.steps[self.step]
-        bounds = qn.activation_bounds(self.act, s, self.qmin, self.qmax)
-        env.values[self.output] = Value(qn.requantize(x.u, x.scale, s, bounds, self.rounding), s)
+        x = env.values[self.input]
+        s, bounds = self.out.step_and_bounds(env)
+        u = qn.requantize(x.u, x.scale, s, bounds, self.out.rounding)
+        env.values[self.out.output] = Value(u, s)
 
 
 @dataclass(frozen=True)
@@ -168,18 +180,13 @@ class AddNode:
 
     lhs: int
     rhs: int
-    output: int
-    step: str
-    act: tuple[float, float] | None
-    qmin: int
-    qmax: int
-    rounding: str
+    out: Rescale
 
     def run(self, env: Env) -> None:
-        a, b, s = env.values[self.lhs], env.values[self.rhs], env.steps[self.step]
-        bounds = qn.activation_bounds(self.act, s, self.qmin, self.qmax)
-        u = qn.add((a.u, a.scale), (b.u, b.scale), s, bounds, self.rounding)
-        env.values[self.output] = Value(u, s)
+        a, b = env.values[self.lhs], env.values[self.rhs]
+        s, bounds = self.out.step_and_bounds(env)
+        u = qn.add((a.u, a.scale), (b.u, b.scale), s, bounds, self.out.rounding)
+        env.values[self.out.output] = Value(u, s)
 
 
 @dataclass(frozen=True)

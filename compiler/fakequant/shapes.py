@@ -63,14 +63,8 @@ def move_fn(op: QnnOp, params: QuantParamsAttr) -> qn.UnaryFn:
     if isinstance(op, AvgPool2DOp):
         kernel, strides, padding = op.pool_props()
         _, _, h, w = shape(op.input)
-        divisor = kernels.avg_pool_divisor(
-            (h, w),
-            kernel,
-            strides,
-            padding,
-            op.ceil_mode is not None,
-            op.count_include_pad is not None,
-        )
+        pool = kernels.Pool.of(kernel, strides, padding, op.ceil_mode is not None)
+        divisor = kernels.avg_pool_divisor((h, w), pool, op.count_include_pad is not None)
         # A window without input elements sums to 0 and averages to 0, as in the reference.
         divisor_t = torch.tensor(np.maximum(divisor, 1), dtype=torch.float64)
         return partial(qn.avg_pool, window=_window(op, (1, 1)), divisor=divisor_t)

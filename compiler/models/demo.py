@@ -14,13 +14,12 @@ import torch
 from threadpoolctl import threadpool_limits
 from xdsl.dialects.builtin import ModuleOp
 
-from dopant.compiler.driver import compile_module
+from dopant.compiler.driver import CANONICAL_PIPELINE, compile_module, quantize_network
 from dopant.compiler.evaluate import BatchedRunner, top1
 from dopant.compiler.frontend import import_model
 from dopant.compiler.models.datasets import load_sample
 from dopant.compiler.models.pretrained import PRETRAINED, load_pretrained
 from dopant.compiler.pipeline import run_pipeline
-from dopant.compiler.quantization import CANONICAL, quantize_network
 from dopant.compiler.summary import format_table, op_rows
 from dopant.support.errors import InputError
 
@@ -53,10 +52,10 @@ def _demo(name: str) -> dict[str, float]:
     model = load_pretrained(name)
     start = time.perf_counter()
     module = import_model(model, torch.from_numpy(test.x[:1]))
-    report = run_pipeline(module, CANONICAL)
+    report = run_pipeline(module, CANONICAL_PIPELINE)
     print(
         f"zoo:{name} (trained on Fashion-MNIST): imported in "
-        f"{time.perf_counter() - start:.2f} s; pipeline '{CANONICAL}':"
+        f"{time.perf_counter() - start:.2f} s; pipeline '{CANONICAL_PIPELINE}':"
     )
     print(report.table(), end="\n\n")
     print(format_table(op_rows(module)), end="\n\n")

@@ -9,13 +9,17 @@ from xdsl.dialects.builtin import (
     DenseArrayBase,
     Float32Type,
     IntegerType,
+    ModuleOp,
     StringAttr,
     TensorType,
     i64,
 )
+from xdsl.dialects.func import FuncOp
 from xdsl.ir import Attribute, SSAValue
 from xdsl.irdl import IRDLOperation, prop_def
 from xdsl.utils.exceptions import VerifyException
+
+from dopant.support.errors import InputError
 
 
 class QnnOp(IRDLOperation):
@@ -88,3 +92,15 @@ def check_result_shape(op: QnnOp, expected: Sequence[int], result: SSAValue) -> 
 def check_same_element(op: QnnOp, a: SSAValue, b: SSAValue, what: str) -> None:
     if element(a) != element(b):
         raise op.fail(f"{what} has element type {element(b)} but the input has {element(a)}.")
+
+
+def forward(module: ModuleOp, purpose: str) -> FuncOp:
+    """The network's function, `func.func @forward` (what `dopant import` makes); InputError
+    saying what it was needed `purpose` for (e.g. "to quantize") when the module has none."""
+    for op in module.walk():
+        if isinstance(op, FuncOp) and op.sym_name.data == "forward":
+            return op
+    raise InputError(
+        f"the module has no @forward function {purpose}; a network's IR holds its layers in "
+        "func.func @forward (as `dopant import` writes it)."
+    )

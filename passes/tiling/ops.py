@@ -9,7 +9,6 @@ quantize, dequantize, reshape, constants           -> no instructions (DRAM I/O 
 
 from __future__ import annotations
 
-from xdsl.dialects.builtin import ModuleOp
 from xdsl.dialects.func import FuncOp, ReturnOp
 from xdsl.ir import Operation, SSAValue
 
@@ -36,13 +35,6 @@ from dopant.support.errors import DopantError
 
 VECTOR_OPS = (AddOp, RequantizeOp, ReluOp, MaxPool2DOp, AvgPool2DOp, GlobalAvgPoolOp, ConcatOp)
 PASSIVE_OPS = (ConstantOp, QuantizeOp, DequantizeOp, ReshapeOp, RequantizeOp, ReturnOp)
-
-
-def forward(module: ModuleOp) -> FuncOp:
-    for op in module.walk():
-        if isinstance(op, FuncOp) and op.sym_name.data == "forward":
-            return op
-    raise DopantError("the module has no @forward function to compile.")
 
 
 def planned_ops(fn: FuncOp) -> list[QnnOp]:
