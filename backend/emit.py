@@ -7,27 +7,17 @@ tensors become the debug map's values, where a debugger reads each layer's outpu
 
 from __future__ import annotations
 
-import json
-
-from xdsl.dialects.builtin import IntegerAttr, ModuleOp, Signedness, StringAttr
+from xdsl.dialects.builtin import IntegerAttr, ModuleOp, Signedness
 
 from dopant.backend.binary import write_program
+from dopant.backend.config_attr import module_target
 from dopant.backend.image import LayerRange, ProgramImage, Segment, TensorDesc
-from dopant.backend.target import AccelConfig
 from dopant.dialects.accel import InstructionOp, SegmentOp, TensorOp
 from dopant.support.errors import DopantError
 
 
 class EmitError(DopantError):
     """An accel module that does not describe a complete program; names what is missing."""
-
-
-def module_config(module: ModuleOp) -> AccelConfig:
-    """The machine an accel module targets (its `accel.config` attribute)."""
-    text = module.attributes.get("accel.config")
-    if not isinstance(text, StringAttr):
-        raise EmitError("the accel module has no accel.config attribute naming its machine.")
-    return AccelConfig.from_dict(json.loads(text.data), "accel.config")
 
 
 def _dram_bytes(module: ModuleOp) -> int:
@@ -62,7 +52,7 @@ def _layers(paths: list[str]) -> tuple[LayerRange, ...]:
 
 def emit_image(module: ModuleOp) -> ProgramImage:
     """The program an accel module describes."""
-    config = module_config(module)
+    config = module_target(module)
     instructions, paths, segments = [], [], []
     tensors: dict[str, list[TensorDesc]] = {"input": [], "output": [], "value": []}
     for op in module.body.block.ops:

@@ -7,7 +7,7 @@ It reads as its stages, in order, each one's IR kept and dumpable (`CompiledMode
     canonical   fold-batchnorm, fuse-activation            (or the caller's `pipeline`)
     calibrated  activation ranges from sample data         (calibrate)
     quantized   quantize                                   (integer-only qnn)
-    tiled       tile{target=...}                           (tile plans on the ops)
+    tiled       tile (the target recorded on the module)   (tile plans on the ops)
     accel       convert-qnn-to-accel                       (one op per instruction)
     binary      emit                                       (.dpb bytes)
 
@@ -33,6 +33,7 @@ import torch
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 
+from dopant.backend.config_attr import set_module_target
 from dopant.backend.emit import emit_binary
 from dopant.backend.presets import load_target
 from dopant.backend.target import AccelConfig
@@ -43,6 +44,7 @@ from dopant.compiler.pipeline import parse, run_pipeline
 from dopant.dialects.qnn import QnnOp
 from dopant.dialects.qnn.base import is_float
 from dopant.passes.quantize import QuantizePass
+from dopant.passes.tile import TilePass
 from dopant.runtime.loader import load
 from dopant.runtime.program import Program, RunResult
 from dopant.support.errors import DopantError, InputError
@@ -195,26 +197,14 @@ def compile_module(
         keep("calibrated")
         _run_stage("quantized", module, [quantizer])
     keep("quantized")
-    _run_stage("tiled", module, parse(_tile_spec(config)))
+    set_module_target(module, config)  # the machine travels in the IR, reproducers included
+    _run_stage("tiled", module, [TilePass()])
     keep("tiled")
     _run_stage("accel", module, parse("convert-qnn-to-accel"))
     keep("accel")
     binary = emit_binary(stages["accel"])
     seconds["binary"] = time.perf_counter() - start
     return CompiledModel(config, binary, stages, seconds)
-
-
-def _tile_spec(config: AccelConfig) -> str:
-    """The tile pass for `config`: a preset by name (with its dataflow), else a TOML file."""
-    from dopant.backend.presets import preset, preset_names
-
-    known = config.name in preset_names()
-    if known and preset(config.name).with_changes(dataflow=config.dataflow) == config:
-        return f'tile{{target="{config.name}" dataflow="{config.dataflow}"}}'
-    folder = Path(tempfile.mkdtemp(prefix="dopant-target-"))
-    path = folder / f"{config.name}.toml"
-    write_atomic(path, config.to_toml())
-    return f'tile{{target="{path}"}}'
 
 
 def compile(

@@ -76,9 +76,10 @@ def options_of(cls: type[ModulePass]) -> list[tuple[str, str, Any]]:
 
 
 def _type_name(annotation: object) -> str:
-    if isinstance(annotation, str):
-        return annotation
-    return getattr(annotation, "__name__", str(annotation))
+    """The type an option takes in pipeline text: a union's first member (`target: str |
+    AccelConfig` is text in a pipeline, an object only from Python)."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", None)
+    return (text or str(annotation)).split(" | ")[0]
 
 
 def _describe_options(cls: type[ModulePass]) -> str:

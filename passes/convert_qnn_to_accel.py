@@ -10,6 +10,7 @@ from xdsl.dialects.builtin import IntegerAttr, ModuleOp, i64
 from xdsl.ir import BlockArgument, Operation, SSAValue
 from xdsl.passes import ModulePass
 
+from dopant.backend.config_attr import module_target
 from dopant.backend.image import storage_range
 from dopant.backend.target import AccelConfig
 from dopant.dialects.accel import INSTRUCTION_OPS, TENSOR_ROLES, TensorOp
@@ -40,7 +41,6 @@ from dopant.passes.tiling.plan import (
     Elem,
     conv_plan,
     fused_requantize,
-    module_target,
     vector_plan,
 )
 from dopant.passes.tiling.vector import Plane

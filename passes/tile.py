@@ -10,8 +10,10 @@ from math import gcd
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
+from xdsl.utils.arg_spec import ArgSpec
 
-from dopant.backend.presets import load_target
+from dopant.backend.config_attr import has_target, module_target, set_module_target
+from dopant.backend.presets import load_target, preset, preset_names
 from dopant.backend.target import AccelConfig
 from dopant.dialects.isa import IsaError
 from dopant.dialects.qnn import Conv2DOp, LinearOp
@@ -32,10 +34,11 @@ from dopant.passes.tiling.plan import (
     ConvPlan,
     ConvShape,
     VectorPlan,
-    set_module_target,
 )
 from dopant.passes.tiling.vector import VectorBuffers, VectorShape, fitted
 from dopant.support.errors import DopantError
+
+DEFAULT_TARGET = "edge16"  # the machine `tile` plans for when neither option nor module names one
 
 
 @dataclass(frozen=True)
@@ -50,19 +53,34 @@ class TilePass(ModulePass):
     `tiling.plan`), chosen as the cheapest candidate by `tiling.cost` (the timing model's
     per-instruction costs summed per engine and DRAM channel) among those whose buffers fit
     the scratchpad and accumulator twice (double buffering) beside the parameter buffers and
-    whose fields fit the ISA; the module carries the machine as `accel.config` (JSON), so
-    `convert-qnn-to-accel` runs from text. `target` is a preset name or a .toml path;
-    `dataflow` ("ws"/"os") overrides the target's ("" keeps it).
+    whose fields fit the ISA; the module carries the machine as `accel.config`, so
+    `convert-qnn-to-accel` runs from text.
+    The machine: `target`, an `AccelConfig` (from Python) or its text, a preset name or a .toml
+    path (from a pipeline); without a target, the module's `accel.config` when it has one (the
+    driver records the machine there, so a failing stage reproduces from its saved IR), else
+    the `edge16` preset. `dataflow` ("ws"/"os") overrides the machine's ("" keeps it).
     Fails: on an unknown target or dataflow, float or unknown ops (naming them), batch > 1,
     and a layer no tile fits, naming its path and the smallest tile's needs.
     """
 
     name = "tile"
-    target: str = "edge16"
+    target: str | AccelConfig = ""
     dataflow: str = ""
 
+    def machine(self, module: ModuleOp) -> AccelConfig:
+        """The AccelConfig this pass plans `module` for (see the class docstring)."""
+        if isinstance(self.target, AccelConfig):
+            config = self.target
+        elif self.target:
+            config = load_target(self.target)
+        elif has_target(module):
+            config = module_target(module)
+        else:
+            config = preset(DEFAULT_TARGET)
+        return config.with_changes(dataflow=self.dataflow) if self.dataflow else config
+
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        config = load_target(self.target, self.dataflow or None)
+        config = self.machine(op)
         for layer in planned_ops(forward(op, "to tile")):
             if isinstance(layer, Conv2DOp | LinearOp):
                 plan = plan_conv(ConvShape.of(layer), config)
@@ -71,6 +89,25 @@ class TilePass(ModulePass):
                 vector = plan_vector(vector_shapes(layer), config, layer.where)
                 layer.attributes[PLAN_ATTR] = vector.attr()
         set_module_target(op, config)
+
+    def spec(self, *, include_default: bool = False) -> ArgSpec:
+        """The pass as pipeline text. A machine given as an object prints as its preset name
+        when it is one (dataflow aside); any other has no text and is refused: record it on
+        the module (`set_module_target`) and run `tile` without a target."""
+        if not isinstance(self.target, AccelConfig):
+            return super().spec(include_default=include_default)
+        config = self.target
+        if (
+            preset_names().count(config.name)
+            and preset(config.name).with_changes(dataflow=config.dataflow) == config
+        ):
+            dataflow = self.dataflow or config.dataflow
+            return TilePass(config.name, dataflow).spec(include_default=include_default)
+        raise DopantError(
+            f"tile for the machine '{config.name}' has no pipeline text: it is not a preset. "
+            "Record it on the module (backend.config_attr.set_module_target) and run `tile` "
+            "without a target, or write it to a .toml file (AccelConfig.to_toml)."
+        )
 
 
 def _estimate(shape: ConvShape, plan: ConvPlan, config: AccelConfig) -> Estimate | None:

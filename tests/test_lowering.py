@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from torch import nn
 from xdsl.dialects.builtin import ModuleOp
 
+from dopant.backend.config_attr import set_module_target
 from dopant.backend.emit import emit_binary
 from dopant.backend.presets import load_target, preset
 from dopant.compiler.driver import quantize_network
@@ -29,7 +30,6 @@ from dopant.dialects.accel import InstructionOp, SegmentOp, TensorOp
 from dopant.dialects.isa import TOKENS
 from dopant.dialects.qnn import DequantizeOp, QnnOp
 from dopant.dialects.qnn.values import value_names
-from dopant.passes.tiling.plan import set_module_target
 from dopant.runtime import reference
 from dopant.runtime.loader import load
 from dopant.runtime.memory import Memories, read_dense, write_dense

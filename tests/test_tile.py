@@ -10,6 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from dopant.backend.config_attr import module_target
 from dopant.backend.emit import emit_binary
 from dopant.backend.presets import preset
 from dopant.compiler.irio import ir_text, parse_ir
@@ -19,7 +20,7 @@ from dopant.dialects.qnn import Conv2DOp, LinearOp, QnnOp
 from dopant.passes.tiling.conv import ConvBuffers
 from dopant.passes.tiling.cost import conv_estimate, vector_estimate
 from dopant.passes.tiling.ops import vector_shapes
-from dopant.passes.tiling.plan import ConvShape, conv_plan, module_target, vector_plan
+from dopant.passes.tiling.plan import ConvShape, conv_plan, vector_plan
 from dopant.passes.tiling.vector import VectorBuffers, fitted
 from dopant.runtime.loader import load
 from dopant.support.errors import PipelineError

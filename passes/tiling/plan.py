@@ -1,5 +1,5 @@
-"""What `tile` decides and `convert-qnn-to-accel` reads: tile plans as op attributes, the target
-as a module attribute, and the layer shapes both passes work from.
+"""What `tile` decides and `convert-qnn-to-accel` reads: tile plans as op attributes and the
+layer shapes both passes work from.
 
 A plan is a dictionary attribute named `tile` on each op that becomes instructions:
 
@@ -11,33 +11,29 @@ A plan is a dictionary attribute named `tile` on each op that becomes instructio
 channels than `c` accumulates K-chunks); `order` is the loop nest from outer to inner ("nrc":
 output-channel tiles outside row tiles, "rnc" the reverse; input-channel chunks are always
 innermost, so a tile's partial sums stay in the accumulator); `cycles` is the cost model's
-estimate for the layer. The module carries `accel.config`, the AccelConfig as JSON.
+estimate for the layer. The module carries the machine as `accel.config` (`backend.config_attr`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 
 from xdsl.dialects.builtin import (
     DictionaryAttr,
     IntegerAttr,
     IntegerType,
-    ModuleOp,
     Signedness,
     StringAttr,
     i64,
 )
 from xdsl.ir import Attribute, Operation, SSAValue
 
-from dopant.backend.target import AccelConfig
 from dopant.dialects.qnn import ConstantOp, Conv2DOp, LinearOp, QnnOp, RequantizeOp
 from dopant.dialects.qnn.base import element, ints, shape
 from dopant.support.errors import DopantError
 
 PLAN_ATTR = "tile"
-CONFIG_ATTR = "accel.config"
 ORDERS = ("nrc", "rnc")
 
 
@@ -110,20 +106,6 @@ def vector_plan(op: QnnOp) -> VectorPlan:
     data = _entries(op, ("c", "rows"))
     cycles = _int(op, data, "cycles") if "cycles" in data else 0
     return VectorPlan(_int(op, data, "c"), _int(op, data, "rows"), cycles)
-
-
-def module_target(module: ModuleOp) -> AccelConfig:
-    """The machine `tile` planned for (the module's `accel.config`)."""
-    text = module.attributes.get(CONFIG_ATTR)
-    if not isinstance(text, StringAttr):
-        raise DopantError(
-            "the module has no accel.config attribute; run the tile pass (tile{target=...}) first."
-        )
-    return AccelConfig.from_dict(json.loads(text.data), CONFIG_ATTR)
-
-
-def set_module_target(module: ModuleOp, config: AccelConfig) -> None:
-    module.attributes[CONFIG_ATTR] = StringAttr(json.dumps(config.to_dict(), sort_keys=True))
 
 
 # ---- element types -------------------------------------------------------------------------
