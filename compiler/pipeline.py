@@ -28,6 +28,7 @@ from dopant.support.errors import DopantError, PipelineError
 _PASSES = {
     "fold-batchnorm": "dopant.passes.fold_batchnorm:FoldBatchNormPass",
     "fuse-activation": "dopant.passes.fuse_activation:FuseActivationPass",
+    "set-bits": "dopant.passes.set_bits:SetBitsPass",
     "quantize": "dopant.passes.quantize:QuantizePass",
     "set-batch": "dopant.passes.set_batch:SetBatchPass",
     "tile": "dopant.passes.tile:TilePass",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from xdsl.context import Context
 from xdsl.dialects.builtin import ModuleOp, StringAttr
@@ -17,10 +17,11 @@ from dopant.passes._quantize.numerics import WEIGHT_CLIPS
 from dopant.passes._quantize.plan import (
     activation_plan,
     arg_calibration,
-    check_bits,
+    chosen_bits,
     layer_bits,
     value_bits,
 )
+from dopant.passes.set_bits import check_bits, set_layer_bits
 from dopant.support.errors import DopantError
 
 
@@ -67,8 +68,15 @@ class QuantizePass(ModulePass):
     `qnn.requantize` (path "<layer>/requantize", `rounding`) rescales with the fused activation
     folded into its clamp; residual adds rescale both operands; pools, reshapes and concats run
     on integers. Between the input `qnn.quantize` and the output `qnn.dequantize` no float
-    arithmetic remains. `first-last-bits` (0 = off) and `overrides` (`conv1=w8a8`, `fc=w8`,
-    `layer1.0.conv1=a4`, by torch module path) set bits per layer for mixed precision.
+    arithmetic remains.
+    Mixed precision: each width of a conv/linear layer is the most specific choice made for it:
+    its `bits = #qnn.bits<...>` attribute (from `set-bits` or another pass), else
+    `first-last-bits` for the first and last layer (0 = off), else `weight-bits` / `act-bits`.
+    `overrides` (`conv1=w8a8`, `fc=w8`, `layer1.0.conv1=a4`, by torch module path) writes those
+    attributes first, as `set-bits` does, so it wins over attributes already on a layer for the
+    widths it names. The integer layers carry no `bits` (their widths are in their types); the
+    module records the options as `qnn.quantized`, with `overrides` listing every layer's
+    attribute, so `quantize{<that text>}` redoes the same from float IR without attributes.
     Fails: on unsupported widths (2, 4 and 8 bits exist), an unknown rounding or weight clip,
     an override naming no layer, missing calibration ranges (naming the ops), remaining batch
     norms, or IR that is already integer.
@@ -104,20 +112,26 @@ class QuantizePass(ModulePass):
         self._check_options()
         fn = forward(op, "to quantize")
         _check_ready(fn)
-        layers = layer_bits(
-            fn, self.weight_bits, self.act_bits, self.first_last_bits, self.overrides
-        )
+        set_layer_bits(fn, self.overrides)
+        chosen = tuple(f"{layer.path.data}={bits.text}" for layer, bits in chosen_bits(fn).items())
+        layers = layer_bits(fn, self.weight_bits, self.act_bits, self.first_last_bits)
         bits = value_bits(fn, layers, self.act_bits, self.output_bits)
         params = activation_plan(fn, bits, self.act_bits)
         lowering = Lowering(params, layers, self.per_channel, self.weight_clip, self.rounding)
         replace_body(fn, lowering.lower(fn))
         fn.arg_attrs = None
-        op.attributes["qnn.quantized"] = StringAttr(self.description())
+        op.attributes["qnn.quantized"] = StringAttr(replace(self, overrides=chosen).description())
 
     def description(self) -> str:
-        """The options as pipeline text, recorded on the module (`weight-bits=4 act-bits=8 ...`)."""
+        """The options as pipeline text, recorded on the module (`weight-bits=4 act-bits=8 ...`);
+        `quantize{<this>}` parses back to the same options."""
         options = []
         for name, value in vars(self).items():
-            text = ",".join(value) if isinstance(value, tuple) else str(value).lower()
-            options.append(f"{name.replace('_', '-')}={text or '()'}")
+            if value == ():
+                continue  # an empty list has no pipeline text
+            if isinstance(value, tuple):
+                text = ",".join(f'"{v}"' for v in value)
+            else:
+                text = str(value).lower() if isinstance(value, bool) else str(value)
+            options.append(f"{name.replace('_', '-')}={text}")
         return " ".join(options)

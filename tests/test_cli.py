@@ -7,11 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
+from dopant.compiler.calibrate import calibrate
 from dopant.compiler.cli import main
-from dopant.compiler.irio import parse_ir
+from dopant.compiler.frontend import import_model
+from dopant.compiler.irio import ir_text, parse_ir
+from dopant.compiler.pipeline import run_pipeline
 from dopant.compiler.summary import op_counts
+from dopant.dialects.qnn import Conv2DOp, LinearOp
+from dopant.dialects.qnn.base import element
 
 DOPANT = shutil.which("dopant") or str(Path(sys.executable).parent / "dopant")
 XDSL_OPT = shutil.which("xdsl-opt") or str(Path(sys.executable).parent / "xdsl-opt")
@@ -163,3 +170,30 @@ def test_output_into_a_missing_folder_is_refused(
     target = tmp_path / "missing_dir" / "net.mlir"
     assert main(["import", "zoo:mlp", "-o", str(target)]) == 1
     assert "the folder" in capsys.readouterr().err and not target.parent.exists()
+
+
+def test_override_writes_the_bits_attributes_that_opt_quantizes_from_text(tmp_path: Path) -> None:
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(32, 8),
+        torch.nn.ReLU(), torch.nn.Linear(8, 3),
+    )  # fmt: skip
+    module = import_model(model.eval(), torch.randn(1, 1, 6, 6))
+    run_pipeline(module, "fold-batchnorm,fuse-activation")
+    calibrate(module, np.random.default_rng(0).standard_normal((16, 1, 6, 6)).astype(np.float32))
+    net, marked = tmp_path / "net.mlir", tmp_path / "marked.mlir"
+    net.write_text(ir_text(module))
+    by_flag, by_text = tmp_path / "flag.mlir", tmp_path / "text.mlir"
+    flags = ["--override", "3=w8a8", "--override", "5=a4"]
+    assert main(["quantize", str(net), "--weight-bits", "4", *flags, "-o", str(by_flag)]) == 0
+    assert main(["opt", str(net), "-p", 'set-bits{layers="3=w8a8,5=a4"}', "-o", str(marked)]) == 0
+    assert "bits = #qnn.bits<w8a8>" in marked.read_text()
+    assert "bits = #qnn.bits<a4>" in marked.read_text()
+    assert main(["opt", str(marked), "-p", "quantize{weight-bits=4}", "-o", str(by_text)]) == 0
+    assert by_flag.read_text() == by_text.read_text()
+    # The widths, read off the types: layer 0 at the defaults, 3 and 5 as chosen.
+    widths = {
+        op.path.data: (str(element(op.weight)), str(element(op.input)))
+        for op in parse_ir(by_text.read_text()).walk()
+        if isinstance(op, Conv2DOp | LinearOp)
+    }
+    assert widths == {"0": ("si4", "si8"), "3": ("si8", "ui8"), "5": ("si4", "ui4")}

@@ -10,6 +10,7 @@ from dopant.compiler.irio import ir_text, parse_ir
 from dopant.dialects.context import make_context
 from dopant.dialects.qnn import (
     ActivationAttr,
+    BitsAttr,
     ConstantOp,
     QuantParamsAttr,
 )
@@ -164,6 +165,12 @@ func.func @forward(%x: tensor<2x8xf32>) {{
         (lambda: QuantParamsAttr([-0.1], [0], 8, True, -1), "not a positive finite number"),
         (lambda: ActivationAttr.clamp(6.0, 1.0), "bounds [6.0, 1.0] are empty"),
         (lambda: ActivationAttr("gelu", 0.0, 1.0), "Activation 'gelu' is not known"),
+        (
+            lambda: BitsAttr.get(5, 8),
+            "Weight bit width 5 is not supported for a layer; use 2, 4 or 8.",
+        ),
+        (lambda: BitsAttr.get(8, 3), "Activation bit width 3 is not supported for a layer"),
+        (lambda: BitsAttr.get(0, 0), "needs a weight width, an activation width or both"),
     ],
 )
 def test_attribute_verifiers(make: object, message: str) -> None:
@@ -176,6 +183,63 @@ def test_qparams_properties() -> None:
     assert (p.qmin, p.qmax, str(p.element_type)) == (0, 15, "ui4")
     s = QuantParamsAttr([0.1, 0.2], [0, 0], 2, True, 0)
     assert (s.qmin, s.qmax, s.is_per_channel) == (-2, 1, True)
+
+
+def _linear_with(attributes: str, integer: bool = False) -> str:
+    """A linear layer "fc" carrying `attributes`, on f32 or (`integer`) on si8 operands."""
+    x, w, y = ("si8", "si8", "si32") if integer else ("f32", "f32", "f32")
+    return f"""
+func.func @forward(%x: tensor<2x8x{x}>) {{
+  %w = qnn.constant dense<1> : tensor<3x8x{w}>
+  %y = qnn.linear %x, %w at "fc" {attributes} : (tensor<2x8x{x}>, tensor<3x8x{w}>) -> tensor<2x3x{y}>
+  func.return
+}}"""
+
+
+@pytest.mark.parametrize(("text", "weight", "act"), [("w8a4", 8, 4), ("w2", 2, 0), ("a4", 0, 4)])
+def test_bits_attribute_round_trips_through_text(text: str, weight: int, act: int) -> None:
+    module = parse_ir(_linear_with(f"{{bits = #qnn.bits<{text}>}}"))
+    (layer,) = [op for op in module.walk() if op.name == "qnn.linear"]
+    assert layer.attributes["bits"] == BitsAttr.get(weight, act)
+    assert str(BitsAttr.get(weight, act)) == f"#qnn.bits<{text}>"
+    printed = ir_text(module)
+    assert f'at "fc" {{bits = #qnn.bits<{text}>}} :' in printed
+    assert parse_ir(printed).is_structurally_equivalent(module)
+    assert parse_ir(ir_text(module, generic=True)).is_structurally_equivalent(module)
+
+
+@pytest.mark.parametrize(
+    ("attributes", "integer", "message"),
+    [
+        (
+            "{bits = #qnn.bits<a8w8>}",
+            False,
+            "bits.mlir:4:52: expected the widths of a layer, weights first: w8a8, w4 or a4",
+        ),
+        (
+            "{bits = #qnn.bits<w8a3>}",
+            False,
+            "bits.mlir:4:52: Activation bit width 3 is not supported for a layer; use 2, 4 or 8.",
+        ),
+        (
+            '{bits = "w8"}',
+            False,
+            'qnn.linear at "fc": the `bits` attribute must be a #qnn.bits such as '
+            '#qnn.bits<w8a8>, got "w8".',
+        ),
+        (
+            "{bits = #qnn.bits<w8>}",
+            True,
+            'qnn.linear at "fc": an integer layer\'s widths are in its types, so it takes no '
+            "`bits` attribute; set widths on the float layer, before quantize.",
+        ),
+    ],
+)
+def test_bad_bits_attributes_are_refused(attributes: str, integer: bool, message: str) -> None:
+    # Text errors point at the widths inside the brackets: line 4, column 52.
+    with pytest.raises(IRError) as error:
+        parse_ir(_linear_with(attributes, integer), "bits.mlir")
+    assert message in str(error.value)
 
 
 def test_parse_error_names_file_line_and_column() -> None:

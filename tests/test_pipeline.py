@@ -95,6 +95,20 @@ def test_fuse_activation_records_relu_and_relu6_on_the_producer() -> None:
     assert str(_only(module, Conv2DOp).act) == "#qnn.act<clamp 0.0, 6.0>"
 
 
+def test_a_bit_plan_written_before_folding_stays_on_the_layer() -> None:
+    module = parse_ir(CONV_BN_RELU)
+    before = _only(module, Conv2DOp)
+    run_pipeline(
+        module,
+        'set-bits{layers="conv=w4"},fold-batchnorm,fuse-activation,set-bits{layers="conv=a2"}',
+    )
+    conv = _only(module, Conv2DOp)
+    # Folding and fusing rebuilt the conv; its widths went along, and a later set-bits adds
+    # the activation width to the weight width already chosen.
+    assert conv is not before and str(conv.act) == "#qnn.act<relu>"
+    assert 'act <relu> at "conv" {bits = #qnn.bits<w4a2>} :' in ir_text(module)
+
+
 def test_fuse_activation_skips_a_producer_with_other_users() -> None:
     text = """
 func.func @forward(%x: tensor<2x4xf32>) -> (tensor<2x3xf32>, tensor<2x3xf32>) {

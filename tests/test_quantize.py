@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from xdsl.dialects.builtin import StringAttr
 
 from dopant.compiler.calibrate import calibrate
 from dopant.compiler.frontend import import_model
@@ -21,7 +22,7 @@ from dopant.dialects.qnn import (
     QuantizeOp,
     RequantizeOp,
 )
-from dopant.dialects.qnn.base import is_float
+from dopant.dialects.qnn.base import element, is_float
 from dopant.runtime import reference
 from dopant.support.errors import PipelineError
 
@@ -98,6 +99,113 @@ def test_mixed_precision_overrides_and_first_last() -> None:
     assert {str(o.weight.owner.params.element_type) for o in _ops(module, Conv2DOp | LinearOp)} == {
         "si8"
     }
+
+
+# NET with a second conv "mid" between "conv" and the flatten: first, middle and last layers.
+NET3 = NET.replace(
+    '  %f = qnn.reshape %c at "flatten"',
+    '  %m = qnn.constant dense<[[[[1.0]], [[0.5]]], [[[-0.5]], [[2.0]]]]> : tensor<2x2x1x1xf32> at "mid.weight"\n'
+    '  %d = qnn.conv2d %c, %m stride [1, 1] pad [0, 0, 0, 0] dilation [1, 1] groups 1 act <relu> at "mid" {calib = #qnn.calib<minmax, 8 = [0.0, 3.0], 4 = [0.0, 2.0], 2 = [0.0, 1.0]>} : (tensor<1x2x1x2xf32>, tensor<2x2x1x1xf32>) -> tensor<1x2x1x2xf32>\n'
+    '  %f = qnn.reshape %d at "flatten"',
+)
+
+
+def _with_bits(text: str, **bits: str) -> str:
+    """`text` with `bits = #qnn.bits<...>` on the layers named (`conv="w4a8"`)."""
+    for path, widths in bits.items():
+        old = f'at "{path}" {{calib'
+        assert text.count(old) == 1, path
+        text = text.replace(old, f'at "{path}" {{bits = #qnn.bits<{widths}>, calib')
+    return text
+
+
+def _widths(module: object) -> dict[str, tuple[int, int]]:
+    """Each integer layer's (weight bits, input activation bits), read off its types."""
+    return {
+        o.path.data: (element(o.weight).width.data, element(o.input).width.data)
+        for o in _ops(module, Conv2DOp | LinearOp)
+    }
+
+
+def _quantized(text: str, pipeline: str) -> str:
+    module = parse_ir(text)
+    run_pipeline(module, pipeline)
+    return ir_text(module)
+
+
+def test_bits_attributes_quantize_as_the_overrides_option_does() -> None:
+    by_option = _quantized(NET3, 'quantize{weight-bits=4 act-bits=4 overrides="fc=w8a8","mid=a8"}')
+    by_attribute = _quantized(
+        _with_bits(NET3, mid="a8", fc="w8a8"), "quantize{weight-bits=4 act-bits=4}"
+    )
+    by_set_bits = _quantized(
+        NET3, 'set-bits{layers="fc=w8a8,mid=a8"},quantize{weight-bits=4 act-bits=4}'
+    )
+    assert by_attribute == by_option == by_set_bits
+    assert by_option != _quantized(NET3, "quantize{weight-bits=4 act-bits=4}")
+    assert _widths(parse_ir(by_option)) == {"conv": (4, 4), "mid": (4, 8), "fc": (8, 8)}
+    # The widths are in the types now: no layer keeps its attribute, and the module records
+    # the choices in program order, as options that redo the same from float IR.
+    assert "#qnn.bits" not in by_option
+    record = parse_ir(by_option).attributes["qnn.quantized"].data  # type: ignore[attr-defined]
+    assert record.endswith('first-last-bits=0 output-bits=8 overrides="mid=a8","fc=w8a8"')
+
+
+def test_bits_precedence_defaults_then_first_last_then_attribute_then_option() -> None:
+    options = "weight-bits=2 act-bits=2 first-last-bits=8"
+    attributed = _with_bits(NET3, conv="w4", mid="a4")
+    cases = [
+        # first-last-bits over the defaults for the first and last layer.
+        (NET3, "", {"conv": (8, 8), "mid": (2, 2), "fc": (8, 8)}),
+        # An attribute over both, width by width: conv keeps the first-last activation width.
+        (attributed, "", {"conv": (4, 8), "mid": (2, 4), "fc": (8, 8)}),
+        # The option writes its widths over the attributes; the widths it leaves out stay.
+        (
+            attributed,
+            ' overrides="conv=w2","mid=w8"',
+            {"conv": (2, 8), "mid": (8, 4), "fc": (8, 8)},
+        ),
+    ]
+    for text, extra, expected in cases:
+        quantized = _quantized(text, f"quantize{{{options}{extra}}}")
+        assert _widths(parse_ir(quantized)) == expected, extra
+        # The record on the module redoes the same quantization from IR without attributes.
+        module = parse_ir(quantized)
+        record = module.attributes["qnn.quantized"]
+        assert _quantized(NET3, f"quantize{{{record.data}}}") == quantized  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "message"),
+    [
+        (
+            'set-bits{layers="conv9=w4"}',
+            "pass 'set-bits' failed: override 'conv9=w4' names no conv or linear layer; the "
+            "layers are: conv, fc.",
+        ),
+        ('set-bits{layers="conv=8"}', "override 'conv=8' is not of the form path=wXaY"),
+        ('set-bits{layers="conv=a3"}', "the activation bits of 'conv=a3'=3 is not supported"),
+        (
+            'quantize,set-bits{layers="fc=w4"}',
+            'qnn.linear at "fc" is an integer layer, whose widths are in its types; set bits on '
+            "float IR, before quantize.",
+        ),
+    ],
+)
+def test_bad_bit_plans_are_refused(pipeline: str, message: str) -> None:
+    with pytest.raises(PipelineError) as error:
+        run_pipeline(parse_ir(NET), pipeline)
+    assert message in str(error.value)
+
+
+def test_bits_that_are_no_bits_attribute_are_refused_in_unverified_ir() -> None:
+    module = parse_ir(NET)
+    _ops(module, Conv2DOp)[0].attributes["bits"] = StringAttr("w8")  # built in Python
+    with pytest.raises(PipelineError) as error:
+        run_pipeline(module, "quantize")
+    assert 'qnn.conv2d at "conv" has `bits = "w8"`; write the widths as #qnn.bits<w8a8>.' in str(
+        error.value
+    )
 
 
 @pytest.mark.parametrize(

@@ -70,5 +70,6 @@ def add_quantize_options(p: argparse.ArgumentParser) -> None:
         "--override",
         action="append",
         metavar="PATH=wXaY",
-        help="bits of one layer by torch module path, e.g. conv1=w8a8",
+        help="bits of one layer by torch module path, e.g. conv1=w8a8, fc=w8 or layer1.0.conv1=a4 "
+        "(repeatable); written on the layer as #qnn.bits<...>, as the set-bits pass does",
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from xdsl.ir import Dialect
 
-from dopant.dialects.qnn.attrs import ActivationAttr, CalibrationAttr, QuantParamsAttr
+from dopant.dialects.qnn.attrs import ActivationAttr, BitsAttr, CalibrationAttr, QuantParamsAttr
 from dopant.dialects.qnn.base import QnnOp
 from dopant.dialects.qnn.layers import BatchNormOp, ConstantOp, Conv2DOp, LinearOp
 from dopant.dialects.qnn.quant import DequantizeOp, QuantizeOp, RequantizeOp
@@ -31,6 +31,7 @@ __all__ = [
     "AddOp",
     "AvgPool2DOp",
     "BatchNormOp",
+    "BitsAttr",
     "CalibrationAttr",
     "ClampOp",
     "ConcatOp",
@@ -67,5 +68,5 @@ QNN = Dialect(
         DequantizeOp,
         RequantizeOp,
     ],
-    [QuantParamsAttr, ActivationAttr, CalibrationAttr],
+    [QuantParamsAttr, ActivationAttr, CalibrationAttr, BitsAttr],
 )

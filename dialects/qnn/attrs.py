@@ -3,6 +3,7 @@
     #qnn.qparams<si8, scale = [0.05], zp = [0]>                  per tensor
     #qnn.qparams<si4, axis = 0, scale = [0.1, 0.2], zp = [0, 0]> per channel along axis 0
     #qnn.act<relu>   #qnn.act<clamp 0.0, 6.0>                    activation fused into a producer
+    #qnn.bits<w4a8>  #qnn.bits<w4>  #qnn.bits<a4>                widths chosen for one layer
 
 A real value r and its integer q are related by r = scale * (q - zp) (Jacob et al., CVPR 2018).
 """
@@ -10,6 +11,7 @@ A real value r and its integer q are related by r = scale * (q - zp) (Jacob et a
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 from xdsl.dialects.builtin import ArrayAttr, FloatData, IntAttr, IntegerType, Signedness, StringAttr
@@ -337,3 +339,76 @@ class CalibrationAttr(ParametrizedAttribute):
             f"{b} = [{float_text(lo)}, {float_text(hi)}]" for b, (lo, hi) in self.ranges.items()
         )
         printer.print_string(f"<{self.method.data}, {ranges}>")
+
+
+# The widths a layer's weights and input activation may be chosen at: the BitFusion bricks.
+LAYER_WIDTHS = (2, 4, 8)
+# The key under which a float conv2d/linear carries its chosen widths.
+BITS_ATTR = "bits"
+# The text of the widths: `w8a8`, `w4` (weights only) or `a4` (activation only).
+BITS_TEXT = r"(?:w(?P<w>\d+))?(?:a(?P<a>\d+))?"
+_BITS_TEXT = re.compile(BITS_TEXT)
+
+
+@irdl_attr_definition
+class BitsAttr(ParametrizedAttribute):
+    """The bit widths chosen for one conv2d/linear layer: `#qnn.bits<w4a8>`, `<w4>`, `<a4>`.
+
+    `weight` is the width of the layer's weights and `act` that of the activation it reads (the
+    two operands of its multiplies); 0 leaves that width to `quantize`'s options. A float layer
+    carries it under the key `bits` (`{bits = #qnn.bits<w8a8>}`), written by `set-bits`,
+    `quantize{overrides=...}` or any pass that chooses widths, and read by `quantize`. An
+    integer layer carries none: its widths are in its types.
+    """
+
+    name = "qnn.bits"
+
+    weight: IntAttr = param_def(converter=_int)
+    act: IntAttr = param_def(converter=_int)
+
+    @staticmethod
+    def get(weight: int, act: int) -> BitsAttr:
+        """The widths `weight` and `act` (0: not chosen)."""
+        return BitsAttr(IntAttr(weight), IntAttr(act))
+
+    @property
+    def text(self) -> str:
+        """The widths as written inside the brackets: `w4a8`, `w4` or `a4`."""
+        w, a = self.weight.data, self.act.data
+        return (f"w{w}" if w else "") + (f"a{a}" if a else "")
+
+    def verify(self) -> None:
+        w, a = self.weight.data, self.act.data
+        if not (w or a):
+            raise VerifyException(
+                "A #qnn.bits attribute needs a weight width, an activation width or both, "
+                "such as w8a8, w4 or a4."
+            )
+        widths = ", ".join(str(b) for b in LAYER_WIDTHS[:-1]) + f" or {LAYER_WIDTHS[-1]}"
+        for bits, what in ((w, "Weight"), (a, "Activation")):
+            if bits and bits not in LAYER_WIDTHS:
+                raise VerifyException(
+                    f"{what} bit width {bits} is not supported for a layer; use {widths}."
+                )
+
+    @classmethod
+    def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
+        with parser.in_angle_brackets():
+            start = parser.pos
+            text = parser.parse_optional_identifier()
+            match = _BITS_TEXT.fullmatch(text or "")
+            if text is None or match is None or not (match["w"] or match["a"]):
+                parser.raise_error(
+                    "expected the widths of a layer, weights first: w8a8, w4 or a4",
+                    start,
+                    parser.pos,
+                )
+            try:
+                # Checked here, where the error can point at the text.
+                bits = BitsAttr.get(int(match["w"] or 0), int(match["a"] or 0))
+            except VerifyException as error:
+                parser.raise_error(str(error), start, parser.pos)
+        return bits.parameters
+
+    def print_parameters(self, printer: Printer) -> None:
+        printer.print_string(f"<{self.text}>")

@@ -2,7 +2,8 @@
 
 Tensors are NCHW; conv weights OIHW (I = input channels per group); linear weights [out, in].
 A float layer computes in f32. An integer layer (after `quantize`) takes si/ui operands and
-accumulates into si32, with the bias already at the accumulator's scale.
+accumulates into si32, with the bias already at the accumulator's scale. A float conv2d/linear
+may carry the widths chosen for it as `bits = #qnn.bits<w4a8>` (see `BitsAttr`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from xdsl.irdl import (
 from xdsl.traits import ConstantLike, Pure
 from xdsl.utils.exceptions import VerifyException
 
-from dopant.dialects.qnn.attrs import ActivationAttr, QuantParamsAttr
+from dopant.dialects.qnn.attrs import BITS_ATTR, ActivationAttr, BitsAttr, QuantParamsAttr
 from dopant.dialects.qnn.base import (
     QnnOp,
     check_len,
@@ -204,6 +205,23 @@ def _check_layer_types(
             raise op.fail(f"an integer layer's {what} must be {ACC_TYPE} (the accumulator).")
 
 
+def _check_bits(op: QnnOp, x: SSAValue) -> None:
+    """The widths chosen for a layer are a `#qnn.bits`, and only a float layer has a choice."""
+    chosen = op.attributes.get(BITS_ATTR)
+    if chosen is None:
+        return
+    if not isinstance(chosen, BitsAttr):
+        raise op.fail(
+            f"the `{BITS_ATTR}` attribute must be a #qnn.bits such as #qnn.bits<w8a8>, "
+            f"got {chosen}."
+        )
+    if not is_float(x):
+        raise op.fail(
+            f"an integer layer's widths are in its types, so it takes no `{BITS_ATTR}` "
+            "attribute; set widths on the float layer, before quantize."
+        )
+
+
 @irdl_op_definition
 class Conv2DOp(QnnOp):
     """2-D convolution over NCHW input, optionally grouped or depthwise, with a fused activation.
@@ -287,6 +305,7 @@ class Conv2DOp(QnnOp):
         )
         check_result_shape(self, expected, self.output)
         _check_layer_types(self, self.input, self.weight, self.bias, self.output)
+        _check_bits(self, self.input)
 
     @property
     def is_depthwise(self) -> bool:
@@ -335,6 +354,7 @@ class LinearOp(QnnOp):
             raise self.fail(f"the bias must have shape [{w[0]}], got {list(shape(self.bias))}.")
         check_result_shape(self, (x[0], w[0]), self.output)
         _check_layer_types(self, self.input, self.weight, self.bias, self.output)
+        _check_bits(self, self.input)
 
 
 @irdl_op_definition

@@ -1,16 +1,15 @@
 """The plan `quantize` follows: bits per layer, bits and parameters per activation.
 
 A layer's (w_bits, a_bits) are the widths of its weights and of the activation it reads, the
-two operands of its multiplies (HAQ, HAWQ-V3). An activation is stored at the widest a_bits any
-layer reading it asks for; ops that only move values (pooling, reshape, ReLU, concat, add)
-pass the demand of their own result back to their inputs. Every activation then gets per-tensor
-parameters from its calibrated range at that width; ops that only move values keep the
-parameters of their input.
+two operands of its multiplies (HAQ, HAWQ-V3); a layer's own `#qnn.bits` attribute chooses them
+over `quantize`'s options. An activation is stored at the widest a_bits any layer reading it
+asks for; ops that only move values (pooling, reshape, ReLU, concat, add) pass the demand of
+their own result back to their inputs. Every activation then gets per-tensor parameters from
+its calibrated range at that width; ops that only move values keep the parameters of their input.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from xdsl.dialects.builtin import DictionaryAttr
@@ -20,6 +19,7 @@ from xdsl.ir import Operation, SSAValue
 from dopant.dialects.qnn import (
     AddOp,
     AvgPool2DOp,
+    BitsAttr,
     CalibrationAttr,
     ClampOp,
     ConcatOp,
@@ -33,13 +33,12 @@ from dopant.dialects.qnn import (
     ReluOp,
     ReshapeOp,
 )
+from dopant.dialects.qnn.attrs import BITS_ATTR
 from dopant.passes._quantize.numerics import activation_params
 from dopant.support.errors import DopantError
 
 LAYERS = (Conv2DOp, LinearOp)
 PASS_THROUGH = (MaxPool2DOp, AvgPool2DOp, GlobalAvgPoolOp, ReshapeOp, ReluOp)
-SUPPORTED_BITS = (2, 4, 8)
-_OVERRIDE = re.compile(r"^(?P<path>[^=]+)=(?:w(?P<w>\d+))?(?:a(?P<a>\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -50,40 +49,34 @@ class LayerBits:
     act: int
 
 
-def check_bits(name: str, bits: int) -> None:
-    if bits not in SUPPORTED_BITS:
-        raise DopantError(f"{name}={bits} is not supported; use 2, 4 or 8 bits.")
-
-
 def layer_bits(
-    fn: FuncOp, weight_bits: int, act_bits: int, first_last_bits: int, overrides: tuple[str, ...]
+    fn: FuncOp, weight_bits: int, act_bits: int, first_last_bits: int
 ) -> dict[Operation, LayerBits]:
-    """Bits per conv/linear layer: the defaults, then `first_last_bits` for the first and last
-    layer (0: off), then `overrides` such as `conv1=w8a8`, `fc=w8` or `layer1.0.conv1=a4`."""
+    """Bits per conv/linear layer. Each width is, from the most specific choice down: the one in
+    the layer's `bits` attribute (`#qnn.bits<w8a8>`, `<w4>`, `<a4>`), `first_last_bits` for the
+    first and last layer (0: off), the defaults `weight_bits` and `act_bits`."""
     layers = [op for op in fn.body.walk() if isinstance(op, LAYERS)]
     bits: dict[Operation, LayerBits] = {op: LayerBits(weight_bits, act_bits) for op in layers}
     if first_last_bits and layers:
         for op in (layers[0], layers[-1]):
             bits[op] = LayerBits(first_last_bits, first_last_bits)
-    by_path = {op.path.data: op for op in layers}
-    for entry in overrides:
-        match = _OVERRIDE.match(entry)
-        if match is None or not (match["w"] or match["a"]):
-            raise DopantError(
-                f"override '{entry}' is not of the form path=wXaY (e.g. conv1=w8a8, fc=w8)."
-            )
-        if match["path"] not in by_path:
-            raise DopantError(
-                f"override '{entry}' names no conv or linear layer; the layers are: "
-                f"{', '.join(by_path)}."
-            )
-        op = by_path[match["path"]]
-        w = int(match["w"]) if match["w"] else bits[op].weight
-        a = int(match["a"]) if match["a"] else bits[op].act
-        check_bits(f"the weight bits of '{entry}'", w)
-        check_bits(f"the activation bits of '{entry}'", a)
-        bits[op] = LayerBits(w, a)
+    for op, chosen in chosen_bits(fn).items():
+        bits[op] = LayerBits(chosen.weight.data or bits[op].weight, chosen.act.data or bits[op].act)
     return bits
+
+
+def chosen_bits(fn: FuncOp) -> dict[Conv2DOp | LinearOp, BitsAttr]:
+    """The layers that carry a `bits` attribute, with it, in program order."""
+    chosen: dict[Conv2DOp | LinearOp, BitsAttr] = {}
+    for op in fn.body.walk():
+        if not isinstance(op, LAYERS) or (bits := op.attributes.get(BITS_ATTR)) is None:
+            continue
+        if not isinstance(bits, BitsAttr):  # the layer verifiers refuse it in verified IR
+            raise DopantError(
+                f"{op.where} has `{BITS_ATTR} = {bits}`; write the widths as #qnn.bits<w8a8>."
+            )
+        chosen[op] = bits
+    return chosen
 
 
 def _tensor_operands(op: Operation) -> list[SSAValue]:
