@@ -40,7 +40,8 @@ def _tensor(op: TensorOp) -> TensorDesc:
     )
 
 
-def _layers(paths: list[str]) -> tuple[LayerRange, ...]:
+def layer_ranges(paths: list[str]) -> tuple[LayerRange, ...]:
+    """The debug map's layer ranges: runs of consecutive instructions with the same path."""
     ranges: list[LayerRange] = []
     for index, path in enumerate(paths):
         if ranges and ranges[-1].name == path and ranges[-1].stop == index:
@@ -82,7 +83,7 @@ def emit_image(module: ModuleOp) -> ProgramImage:
         tuple(segments),
         tuple(tensors["input"]),
         tuple(tensors["output"]),
-        _layers(paths),
+        layer_ranges(paths),
         _dram_bytes(module),
         tuple(tensors["value"]),
     )

@@ -18,6 +18,12 @@ instructions on the compute engine (first conv start to last conv end, stalls be
 tiles included): the fold model counts the array alone, and a layer's loads and stores overlap
 its neighbours.
 
+Table 3, the latency oracle (`driver.latency`): for each model's quantized IR on one preset,
+seconds per call of the fast path the co-design loop uses (tile and the lowering's instruction
+schedule, then the timing model; no accel ops, binary, loader or functional simulation):
+the first call with no tile plan cached, and the median of further calls of the same query;
+beside the whole driver's compile plus timing of the same IR, and whether the cycles agree.
+
 The plot (needs matplotlib: `pip install -e '.[bench]'`): one model on one preset (ws), per
 layer, the simulated compute span against the roofline bound and the fold model.
 
@@ -29,16 +35,20 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from dopant.compiler.driver import CompiledModel
+from dopant.backend.presets import preset
+from dopant.compiler.driver import CompiledModel, compile_module, latency
 from dopant.compiler.driver import compile as compile_model
 from dopant.compiler.models import zoo
+from dopant.passes.tile import clear_plan_caches
 from dopant.runtime.stats import LayerStats, RunStats
 
 FOLD_MODEL_SLACK = 1.1  # the issue's bound: at most 10% over the fold model
@@ -121,6 +131,38 @@ def _check_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def _seconds(call: Callable[[], object], cold: bool = False) -> float:
+    """Wall seconds of one call; `cold` empties the tile plan caches first."""
+    if cold:
+        clear_plan_caches()
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def _oracle_table(rows: list[Row], target: str, repeats: int) -> str:
+    header = (
+        f"{'model':<12}{'target':<8}{'first call s':>13}{'then s':>9}{'compile+time s':>15}"
+        f"{'cycles':>12}  same as the binary"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        if r.target != target or r.compiled.config.dataflow != "ws":
+            continue
+        config = preset(target)
+        query = partial(latency, r.compiled.ir("quantized"), config)
+        full = partial(compile_module, r.compiled.ir("quantized"), target=config)
+        cold = _seconds(query, cold=True)
+        warm = float(np.median([_seconds(query) for _ in range(repeats)]))
+        whole = _seconds(lambda c=full: c().program.stats, cold=True)
+        cycles = query().total_cycles
+        lines.append(
+            f"{r.model:<12}{target:<8}{cold:>13.3f}{warm:>9.3f}{whole:>15.2f}{cycles:>12,}  "
+            f"{'yes' if cycles == r.stats.total_cycles else 'NO'}"
+        )
+    return "\n".join(lines)
+
+
 def _plot(row: Row, path: Path) -> None:
     import matplotlib
 
@@ -156,6 +198,8 @@ def main() -> None:
     parser.add_argument("--plot", default="benchmarks/results/compile_resnet18_edge16.png")
     parser.add_argument("--plot-model", default="resnet18")
     parser.add_argument("--plot-target", default="edge16")
+    parser.add_argument("--oracle-target", default="edge16", help="preset of the oracle table")
+    parser.add_argument("--oracle-repeats", type=int, default=5)
     args = parser.parse_args()
     models = zoo.names() if args.models == "all" else args.models.split(",")
     torch.set_num_threads(1)
@@ -171,6 +215,10 @@ def main() -> None:
     print()
     print("per-layer check of the compute-bound layers")
     print(_check_table(rows))
+    print()
+    print(f"latency oracle (driver.latency), W8A8 on {args.oracle_target}, ws")
+    with threadpool_limits(1):
+        print(_oracle_table(rows, args.oracle_target, args.oracle_repeats))
     plotted = (args.plot_model, args.plot_target, "ws")
     chosen = [r for r in rows if (r.model, r.target, r.compiled.config.dataflow) == plotted]
     if args.plot and chosen:

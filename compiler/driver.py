@@ -15,7 +15,8 @@ When a pass fails, the IR before it is written to a file and the error names the
 pass, that file and the `dopant opt` command that reproduces the failure.
 
 `quantize_network(module, data, ...)` runs only the float stages and `quantize`, for accuracy
-work on the integer network without a target.
+work on the integer network without a target; `latency(quantized, target)` only what the
+timing model needs, for the co-design loop's many latency queries.
 """
 
 from __future__ import annotations
@@ -34,19 +35,23 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 
 from dopant.backend.config_attr import set_module_target
-from dopant.backend.emit import emit_binary
+from dopant.backend.emit import emit_binary, layer_ranges
 from dopant.backend.presets import load_target
 from dopant.backend.target import AccelConfig
 from dopant.compiler.calibrate import calibrate
 from dopant.compiler.frontend import import_model
 from dopant.compiler.irio import ir_text
 from dopant.compiler.pipeline import parse, run_pipeline
+from dopant.dialects.context import make_context
 from dopant.dialects.qnn import QnnOp
 from dopant.dialects.qnn.base import is_float
+from dopant.passes.convert_qnn_to_accel import lower_network
 from dopant.passes.quantize import QuantizePass
 from dopant.passes.tile import TilePass
 from dopant.runtime.loader import load
 from dopant.runtime.program import Program, RunResult
+from dopant.runtime.stats import RunStats, run_stats
+from dopant.runtime.timing import schedule
 from dopant.support.errors import DopantError, InputError
 from dopant.support.files import write_atomic
 
@@ -205,6 +210,30 @@ def compile_module(
     binary = emit_binary(stages["accel"])
     seconds["binary"] = time.perf_counter() - start
     return CompiledModel(config, binary, stages, seconds)
+
+
+def latency(module: ModuleOp, target: str | AccelConfig = "edge16") -> RunStats:
+    """The timing model's statistics of quantized `module` on `target`: the latency oracle.
+
+    The same cycles, per layer and in total, as `compile_module(module, target=...)
+    .program.stats` (tested), computed on one working copy of the IR with only what the timing
+    model reads: `tile`, then the lowering's instructions with their tokens. It skips building
+    `accel` ops, segment bytes and the binary, the loader's checks, the functional simulator,
+    IR text, verification between passes and the per-stage copies of `compile_module`. Tile
+    plans are cached by layer shape and machine, so repeated queries of one network are cheap.
+    Fails like `tile` and `convert-qnn-to-accel` do, and on float IR (quantize it first).
+    """
+    config = target if isinstance(target, AccelConfig) else load_target(target)
+    if not _is_quantized(module):
+        raise CompileError(
+            "latency needs quantized qnn IR; run quantize_network (or dopant quantize) first."
+        )
+    work = module.clone()
+    TilePass(config).apply(make_context(), work)
+    timed = lower_network(work).instructions()
+    instructions = tuple(instruction for instruction, _ in timed)
+    layers = layer_ranges([path for _, path in timed])
+    return run_stats(instructions, layers, config, schedule(instructions, config))
 
 
 def compile(

@@ -51,7 +51,11 @@ class InstructionOp(IRDLOperation):
     @classmethod
     def of(cls, path: str, **fields: int) -> InstructionOp:
         """The op for an instruction with these fields (others 0), checked against the ISA."""
-        instruction = Instruction.make(cls.DEFINITION.mnemonic, **fields)
+        return cls.of_instruction(Instruction.make(cls.DEFINITION.mnemonic, **fields), path)
+
+    @classmethod
+    def of_instruction(cls, instruction: Instruction, path: str) -> InstructionOp:
+        """The op for a checked `instruction` of this op's kind, named by its layer's path."""
         values = [instruction[name] for name in cls.field_names()]
         return cls.build(properties={"values": i64_array(values), "path": StringAttr(path)})
 

@@ -14,7 +14,7 @@ from dopant.backend.config_attr import module_target
 from dopant.backend.image import storage_range
 from dopant.backend.target import AccelConfig
 from dopant.dialects.accel import INSTRUCTION_OPS, TENSOR_ROLES, TensorOp
-from dopant.dialects.isa import IsaError
+from dopant.dialects.isa import Instruction, IsaError
 from dopant.dialects.qnn import (
     AddOp,
     ConcatOp,
@@ -75,10 +75,7 @@ class ConvertQnnToAccelPass(ModulePass):
     name = "convert-qnn-to-accel"
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        layers = list(forward(op, "to lower").body.block.ops)
-        lowering = _Lowering(module_target(op), value_names(layers))
-        for layer in layers:
-            lowering.lower(layer)
+        lowering = lower_network(op)
         body = lowering.module_ops()
         for old in list(op.body.block.ops):
             old.detach()
@@ -87,8 +84,19 @@ class ConvertQnnToAccelPass(ModulePass):
         op.attributes[DRAM_ATTR] = IntegerAttr(lowering.dram.total, i64)
 
 
+def lower_network(module: ModuleOp) -> Lowering:
+    """The lowering of tiled `module` (not modified): its instructions in order with their
+    tokens, its DRAM map, constants and I/O. The pass turns it into `accel` ops; the driver's
+    latency oracle times its `instructions()` without building any."""
+    layers = list(forward(module, "to lower").body.block.ops)
+    lowering = Lowering(module_target(module), value_names(layers))
+    for layer in layers:
+        lowering.lower(layer)
+    return lowering
+
+
 @dataclass
-class _Lowering:
+class Lowering:
     """Walks `@forward` once, emitting instructions and placing values in DRAM."""
 
     config: AccelConfig
@@ -197,6 +205,19 @@ class _Lowering:
             return self.dram.words(identity, path), (max(0, lo), hi, 0)
         return None
 
+    def instructions(self) -> list[tuple[Instruction, str]]:
+        """The instructions in program order, tokens set, each with its layer's module path."""
+        listed = []
+        for item in self.schedule.finish():
+            try:
+                listed.append((Instruction.make(item.op, **item.fields), item.path))
+            except IsaError as error:
+                raise DopantError(
+                    f'convert-qnn-to-accel: layer "{item.path}" needs an instruction the ISA '
+                    f"cannot encode: {error}; re-run tile for this target."
+                ) from None
+        return listed
+
     def module_ops(self) -> list[Operation]:
         """The new module body: I/O tensors, segments, then the instructions in order."""
         roles = {t.role.data for t in self.tensors}
@@ -204,12 +225,5 @@ class _Lowering:
             raise DopantError("the network has no input or no output on the accelerator.")
         by_role = sorted(self.tensors, key=lambda t: TENSOR_ROLES.index(t.role.data))
         ops: list[Operation] = [*by_role, *self.dram.segments]
-        for item in self.schedule.finish():
-            try:
-                ops.append(INSTRUCTION_OPS[item.op].of(item.path, **item.fields))
-            except IsaError as error:
-                raise DopantError(
-                    f'convert-qnn-to-accel: layer "{item.path}" needs an instruction the ISA '
-                    f"cannot encode: {error}; re-run tile for this target."
-                ) from None
+        ops += [INSTRUCTION_OPS[i.op].of_instruction(i, path) for i, path in self.instructions()]
         return ops

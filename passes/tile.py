@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -130,8 +131,28 @@ def _conv_candidates(shape: ConvShape, config: AccelConfig) -> list[tuple[int, i
     return [(n, c) for n in n_options for c in options(shape.c, c_quantum)]
 
 
+# A network repeats layer shapes (a ResNet stage), and the co-design loop plans one network for
+# many machines and channel counts: equal layers on equal machines share one search. The key
+# leaves the layer's path out; the caches are bounded.
+PLAN_CACHE_SIZE = 1 << 14
+
+
+def clear_plan_caches() -> None:
+    """Forget every cached plan (to time a first, cold plan search)."""
+    _cheapest_conv.cache_clear()
+    _cheapest_vector.cache_clear()
+
+
 def plan_conv(shape: ConvShape, config: AccelConfig) -> ConvPlan:
     """The cheapest plan for a conv/linear layer whose buffers fit; DopantError if none."""
+    plan = _cheapest_conv(dataclasses.replace(shape, path=""), config)
+    if plan is None:
+        raise DopantError(_conv_failure(shape, config))
+    return plan
+
+
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
+def _cheapest_conv(shape: ConvShape, config: AccelConfig) -> ConvPlan | None:
     best: tuple[tuple[int, ...], ConvPlan] | None = None
     for n, c in _conv_candidates(shape, config):
 
@@ -150,9 +171,7 @@ def plan_conv(shape: ConvShape, config: AccelConfig) -> ConvPlan:
                 key = (est.cycles, est.instructions, -n, -rows, -c, ORDERS.index(order))
                 if best is None or key < best[0]:
                     best = (key, ConvPlan(n, rows, c, order, est.cycles))
-    if best is None:
-        raise DopantError(_conv_failure(shape, config))
-    return best[1]
+    return None if best is None else best[1]
 
 
 def _conv_failure(shape: ConvShape, config: AccelConfig) -> str:
@@ -181,6 +200,21 @@ def _conv_failure(shape: ConvShape, config: AccelConfig) -> str:
 
 def plan_vector(shapes: Sequence[VectorShape], config: AccelConfig, where: str) -> VectorPlan:
     """The cheapest plan for a vector-unit layer (all of a concat's copies share it)."""
+    plan = _cheapest_vector(tuple(dataclasses.replace(s, path="") for s in shapes), config)
+    if plan is None:
+        need = max(VectorBuffers.of(s, VectorPlan(1, 1, 0)).sp_bytes for s in shapes)
+        shape = shapes[0]
+        raise DopantError(
+            f"tile: no tiling of {where} ([{shape.c}, {shape.h}, {shape.w}]) fits "
+            f"'{config.name}': one channel by one row needs {need} of "
+            f"{config.scratchpad_bytes} scratchpad bytes with double buffering, or its "
+            "instruction fields do not fit the ISA."
+        )
+    return plan
+
+
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
+def _cheapest_vector(shapes: tuple[VectorShape, ...], config: AccelConfig) -> VectorPlan | None:
     channels, rows_total = max(s.c for s in shapes), max(s.oh for s in shapes)
 
     def fits(c: int, rows: int) -> bool:
@@ -200,13 +234,4 @@ def plan_vector(shapes: Sequence[VectorShape], config: AccelConfig, where: str) 
             key = (est.cycles, est.instructions, -c, -rows)
             if best is None or key < best[0]:
                 best = (key, VectorPlan(c, rows, est.cycles))
-    if best is None:
-        need = max(VectorBuffers.of(s, VectorPlan(1, 1, 0)).sp_bytes for s in shapes)
-        shape = shapes[0]
-        raise DopantError(
-            f"tile: no tiling of {where} ([{shape.c}, {shape.h}, {shape.w}]) fits "
-            f"'{config.name}': one channel by one row needs {need} of "
-            f"{config.scratchpad_bytes} scratchpad bytes with double buffering, or its "
-            "instruction fields do not fit the ISA."
-        )
-    return best[1]
+    return None if best is None else best[1]

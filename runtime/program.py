@@ -58,7 +58,9 @@ class Program(ProgramImage):
         """The statistics of a run, from the timing model alone: they depend on the program,
         not on its inputs, so every run shares one computation."""
         config = self.accel_config()
-        return run_stats(self, config, schedule(self.instructions, config))
+        return run_stats(
+            self.instructions, self.layers, config, schedule(self.instructions, config)
+        )
 
     def run(self, *inputs: np.ndarray, trace: bool = False, values: bool = False) -> RunResult:
         """Run the program on the functional simulator and the timing model.

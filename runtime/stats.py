@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dopant.backend.costs import Cost, Traffic
-from dopant.backend.image import ProgramImage
+from dopant.backend.image import LayerRange
 from dopant.backend.target import AccelConfig
-from dopant.dialects.isa import ENGINES
+from dopant.dialects.isa import ENGINES, Instruction
 from dopant.runtime.timing import STALLS, Slot, Timeline
 
 UNLABELLED = "(unlabelled)"  # the row of instructions outside every debug-map range
@@ -214,28 +214,34 @@ def _layer(
     )
 
 
-def _layer_names(program: ProgramImage) -> tuple[str, ...]:
-    names = [UNLABELLED] * len(program.instructions)
-    for layer in program.layers:
+def _layer_names(count: int, layers: Sequence[LayerRange]) -> tuple[str, ...]:
+    names = [UNLABELLED] * count
+    for layer in layers:
         for index in range(layer.start, min(layer.stop, len(names))):
             names[index] = layer.name
     return tuple(names)
 
 
-def run_stats(program: ProgramImage, config: AccelConfig, timeline: Timeline) -> RunStats:
-    """The statistics of `timeline`, the schedule of `program` on `config`."""
-    names = _layer_names(program)
+def run_stats(
+    instructions: Sequence[Instruction],
+    layers: Sequence[LayerRange],
+    config: AccelConfig,
+    timeline: Timeline,
+) -> RunStats:
+    """The statistics of `timeline`, the schedule of `instructions` on `config`, per layer of
+    the debug map's `layers` (ranges of instructions)."""
+    names = _layer_names(len(instructions), layers)
     members: dict[str, list[int]] = {}
     for index, name in enumerate(names):
         members.setdefault(name, []).append(index)
     # Layers in debug-map order, the unlabelled remainder (if any) last.
-    order = [layer.name for layer in program.layers if layer.name in members]
+    order = [layer.name for layer in layers if layer.name in members]
     order += [UNLABELLED] if UNLABELLED in members else []
-    layers: list[LayerStats] = []
+    per_layer: list[LayerStats] = []
     earlier_end = 0
     for name in dict.fromkeys(order):
-        layers.append(_layer(name, members[name], timeline, config, earlier_end))
-        earlier_end = max(earlier_end, layers[-1].end_cycle)
+        per_layer.append(_layer(name, members[name], timeline, config, earlier_end))
+        earlier_end = max(earlier_end, per_layer[-1].end_cycle)
     engines = {}
     for engine in ENGINES:
         slots = [s for s in timeline.slots if s.engine == engine]
@@ -259,7 +265,7 @@ def run_stats(program: ProgramImage, config: AccelConfig, timeline: Timeline) ->
         traffic_bytes=traffic.to_dict(),
         energy_pj=_energy(config, traffic, sum(c.mac_energy_pj for c in timeline.costs)),
         engines=engines,
-        layers=tuple(layers),
+        layers=tuple(per_layer),
         slots=timeline.slots,
         slot_layers=names,
     )

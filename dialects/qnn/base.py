@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
+import numpy as np
 from xdsl.dialects.builtin import (
+    BytesAttr,
     DenseArrayBase,
     Float32Type,
     IntegerType,
@@ -37,7 +39,9 @@ class QnnOp(IRDLOperation):
 
 
 def i64_array(values: Sequence[int]) -> DenseArrayBase:
-    return DenseArrayBase.from_list(i64, [int(v) for v in values])
+    # Packed by numpy: DenseArrayBase.from_list checks each element in Python, which was most
+    # of the time spent building accel ops (one array of fields per instruction).
+    return DenseArrayBase(i64, BytesAttr(np.asarray(values, dtype="<i8").tobytes()))
 
 
 def ints(array: DenseArrayBase) -> tuple[int, ...]:
