@@ -208,3 +208,39 @@ def instruction_cost(instruction: Instruction, config: AccelConfig) -> Cost:
         return _COSTS[instruction.op](f, config)
     except ConfigError as error:
         raise CostError(str(error)) from None
+
+
+def fold_model_cycles(
+    m: int, k: int, n: int, groups: int, w_bits: int, a_bits: int, config: AccelConfig
+) -> int:
+    """The standard systolic fold model of an untiled conv or linear layer: the independent
+    reference that measured layer times are checked against (`benchmarks/compile.py`).
+
+    The layer is `groups` GEMMs run one after another, each (m x k) by (k x n): m output
+    pixels, k = (c_in / groups) * kh * kw, n = c_out / groups. With R x C the array, SCALE-Sim
+    (Samajdar et al., ISPASS 2020; scale-sim-v2 `scalesim/compute/systolic_compute_ws.py` and
+    `_os.py`, whose demand matrices have this many rows per fold) charges, nothing overlapped:
+
+        weight stationary:  folds = ceil(K / R) * ceil(N / C),  per fold 2R + C + T - 2, T = M
+        output stationary:  folds = ceil(M / R) * ceil(N / C),  per fold  R + C + T - 2, T = K
+
+    (WS: R cycles to preload a fold's weights, then M rows stream with R + C - 2 of skew and
+    drain; OS: K streams with the same skew, the outputs shifting out inside it.)
+
+    BitFusion enters where this module's docstring puts it on the array: a PE holds
+    fa = 8 / a_bits activations and fw = 8 / w_bits weights, so weight stationary covers
+    K in rows of R * fa and N in columns of C * fw (folds = ceil(K / (R fa)) * ceil(N / (C fw)))
+    and output stationary does fa * fw of an output's MACs a cycle (T = ceil(K / (fa fw))).
+    Fusion widens a PE, not the array: the fill, skew and drain terms keep the physical R and
+    C. At w8a8 (fa = fw = 1) this is SCALE-Sim's model exactly. ConfigError if the machine
+    does not fuse to these widths.
+    """
+    rows, cols = config.rows, config.cols
+    fa, fw = config.fusion(w_bits, a_bits)
+    if config.dataflow == "ws":
+        folds = ceil_div(k, rows * fa) * ceil_div(n, cols * fw)
+        per_fold = 2 * rows + cols + m - 2
+    else:
+        folds = ceil_div(m, rows) * ceil_div(n, cols)
+        per_fold = rows + cols + ceil_div(k, fa * fw) - 2
+    return groups * folds * per_fold
