@@ -2,7 +2,8 @@
 
 Instructions are taken in op order; runs of consecutive instructions with the same module path
 become the debug map's layer ranges, so per-layer statistics name the torch layers; `value`
-tensors become the debug map's values, where a debugger reads each layer's output.
+tensors become the debug map's values, where a debugger reads each layer's output; `layer` ops
+its GEMMs, the untiled geometry of each conv and linear layer for the fold model.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import json
 from xdsl.dialects.builtin import IntegerAttr, ModuleOp, Signedness, StringAttr
 
 from dopant.backend.binary import write_program
-from dopant.backend.image import LayerRange, ProgramImage, Segment, TensorDesc
+from dopant.backend.image import LayerGemm, LayerRange, ProgramImage, Segment, TensorDesc
 from dopant.backend.target import AccelConfig
-from dopant.dialects.accel import InstructionOp, SegmentOp, TensorOp
+from dopant.dialects.accel import InstructionOp, LayerOp, SegmentOp, TensorOp
 from dopant.support.errors import DopantError
 
 
@@ -63,7 +64,7 @@ def _layers(paths: list[str]) -> tuple[LayerRange, ...]:
 def emit_image(module: ModuleOp) -> ProgramImage:
     """The program an accel module describes."""
     config = module_config(module)
-    instructions, paths, segments = [], [], []
+    instructions, paths, segments, gemms = [], [], [], []
     tensors: dict[str, list[TensorDesc]] = {"input": [], "output": [], "value": []}
     for op in module.body.block.ops:
         if isinstance(op, InstructionOp):
@@ -81,6 +82,8 @@ def emit_image(module: ModuleOp) -> ProgramImage:
             )
         elif isinstance(op, TensorOp):
             tensors[op.role.data].append(_tensor(op))
+        elif isinstance(op, LayerOp):
+            gemms.append(LayerGemm(op.path.data, **op.gemm()))
         else:
             raise EmitError(f"{op.name} cannot appear at the top of an accel module.")
     if not tensors["input"] or not tensors["output"]:
@@ -95,6 +98,7 @@ def emit_image(module: ModuleOp) -> ProgramImage:
         _layers(paths),
         _dram_bytes(module),
         tuple(tensors["value"]),
+        tuple(gemms),
     )
 
 

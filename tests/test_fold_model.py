@@ -1,13 +1,18 @@
 """The standard fold model (`backend.costs.fold_model_cycles`, SCALE-Sim's per-fold formula on
-the untiled layer) worked by hand."""
+the untiled layer) worked by hand, and the `accel.layer` op that carries a layer's GEMM through
+the IR."""
 
 from __future__ import annotations
 
 import pytest
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.utils.exceptions import VerifyException
 
 from dopant.backend.costs import fold_model_cycles
 from dopant.backend.presets import preset
 from dopant.backend.target import AccelConfig, ConfigError
+from dopant.compiler.irio import ir_text, parse_ir
+from dopant.dialects.accel import LayerOp
 
 SMALL8, EDGE16 = preset("small8"), preset("edge16")  # 8 x 8 and 16 x 16 arrays
 
@@ -84,3 +89,25 @@ def test_fusion_widens_a_pe_not_the_array(
 def test_the_fold_model_refuses_widths_the_machine_does_not_fuse() -> None:
     with pytest.raises(ConfigError, match="does not fuse to w4a8"):
         fold_model_cycles(*CONV, 4, 8, EDGE16.with_changes(weight_bits=(8,)))
+
+
+def test_the_layer_op_round_trips_and_verifies_in_sentences() -> None:
+    op = LayerOp.make("features.0", m=784, k=25, n=6, groups=1, w_bits=8, a_bits=8)
+    text = ir_text(ModuleOp([op]))
+    assert 'accel.layer "features.0" m 784 k 25 n 6 groups 1 w_bits 8 a_bits 8' in text
+    assert ir_text(parse_ir(text)) == text
+    parsed = next(iter(parse_ir(text).body.block.ops))
+    assert isinstance(parsed, LayerOp) and parsed.gemm() == {
+        "m": 784,
+        "k": 25,
+        "n": 6,
+        "groups": 1,
+        "w_bits": 8,
+        "a_bits": 8,
+    }
+    with pytest.raises(
+        VerifyException, match=r'^accel\.layer at "x" has k=0; it must be at least 1\.'
+    ):
+        LayerOp.make("x", m=1, k=0, n=1, groups=1, w_bits=8, a_bits=8).verify()
+    with pytest.raises(VerifyException, match="needs the module path of its layer"):
+        LayerOp.make("", m=1, k=1, n=1, groups=1, w_bits=8, a_bits=8).verify()
