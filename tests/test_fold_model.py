@@ -1,17 +1,23 @@
 """The standard fold model (`backend.costs.fold_model_cycles`, SCALE-Sim's per-fold formula on
-the untiled layer) worked by hand, and the `accel.layer` op that carries a layer's GEMM through
-the IR."""
+the untiled layer) worked by hand; the `accel.layer` op that carries a layer's GEMM through
+the IR; and compiled zoo layers whose reported fold model is that of the whole layer, not a sum
+over its tiles. The binary's DEBUG entries are tested with the container in test_binary.py."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.utils.exceptions import VerifyException
 
 from dopant.backend.costs import fold_model_cycles
+from dopant.backend.emit import emit_image
 from dopant.backend.presets import preset
 from dopant.backend.target import AccelConfig, ConfigError
+from dopant.compiler.driver import compile as compile_model
 from dopant.compiler.irio import ir_text, parse_ir
+from dopant.compiler.models import zoo
 from dopant.dialects.accel import LayerOp
 
 SMALL8, EDGE16 = preset("small8"), preset("edge16")  # 8 x 8 and 16 x 16 arrays
@@ -111,3 +117,62 @@ def test_the_layer_op_round_trips_and_verifies_in_sentences() -> None:
         LayerOp.make("x", m=1, k=0, n=1, groups=1, w_bits=8, a_bits=8).verify()
     with pytest.raises(VerifyException, match="needs the module path of its layer"):
         LayerOp.make("", m=1, k=1, n=1, groups=1, w_bits=8, a_bits=8).verify()
+
+
+def compiled_stats(name: str, dataflow: str) -> tuple[dict[str, int], int, ModuleOp]:
+    """Each layer's reported fold model and the run's, for zoo model `name` on small8, W8A8,
+    through the whole driver and the binary; and the accel IR."""
+    torch.manual_seed(0)
+    entry = zoo.get(name)
+    x = np.random.default_rng(0).uniform(0, 1, (2, *entry.input_shape[1:])).astype(np.float32)
+    compiled = compile_model(
+        entry.build().eval(),
+        torch.from_numpy(x[:1]),
+        target="small8",
+        calibration=x,
+        dataflow=dataflow,
+    )
+    stats = compiled.program.stats  # loaded from the binary, checked by the loader
+    layers = {layer.name: layer.fold_model_cycles for layer in stats.layers}
+    return layers, stats.fold_model_cycles, compiled.ir("accel")
+
+
+@pytest.mark.parametrize(
+    ("dataflow", "stem", "hidden"),
+    [
+        # LeNet-5's features.0: 1 -> 6 channels, 5x5, padding 2 on 28x28: M = 784, K = 25,
+        # N = 6. WS: ceil(25/8) * ceil(6/8) = 4 folds of 16 + 8 + 784 - 2 = 806. Its
+        # classifier.1, 400 -> 120: M = 1, K = 400, N = 120; WS ceil(400/8) * ceil(120/8) =
+        # 50 * 15 = 750 folds of 16 + 8 + 1 - 2 = 23.
+        ("ws", 4 * 806, 750 * 23),
+        # OS: ceil(784/8) * 1 = 98 folds of 8 + 8 + 25 - 2 = 39; classifier.1: 1 * 15 folds
+        # of 8 + 8 + 400 - 2 = 414.
+        ("os", 98 * 39, 15 * 414),
+    ],
+)
+def test_a_compiled_layer_reports_the_fold_model_of_the_whole_layer(
+    dataflow: str, stem: int, hidden: int
+) -> None:
+    layers, total, module = compiled_stats("lenet5", dataflow)
+    assert (layers["features.0"], layers["classifier.1"]) == (stem, hidden)
+    gemms = {g.name: g for g in emit_image(module).gemms}
+    assert (gemms["features.0"].m, gemms["features.0"].k, gemms["features.0"].n) == (784, 25, 6)
+    assert total == sum(layers.values())  # the run's is the sum of its layers'
+
+
+@pytest.mark.parametrize(
+    ("dataflow", "cycles"),
+    [
+        # MobileNetV2's first depthwise conv (features.3.conv.0): 16 channels, 3x3, stride 1,
+        # padding 1 on 32x32: 16 groups of M = 1024, K = 9, N = 1. WS: ceil(9/8) = 2 folds of
+        # 16 + 8 + 1024 - 2 = 1046 per group.
+        ("ws", 16 * 2 * 1046),
+        # OS: ceil(1024/8) = 128 folds of 8 + 8 + 9 - 2 = 23 per group.
+        ("os", 16 * 128 * 23),
+    ],
+)
+def test_a_compiled_depthwise_layer_runs_its_groups_one_after_another(
+    dataflow: str, cycles: int
+) -> None:
+    layers, _, _ = compiled_stats("mobilenetv2", dataflow)
+    assert layers["features.3.conv.0"] == cycles
