@@ -19,8 +19,7 @@ V = `vector_lanes`, and ceil(a / b) written a /^ b:
   output stationary: folds = M /^ R * N /^ C; K streams in T = K /^ (fa*fw) cycles per fold and
   the previous fold's outputs drain under it, so cycles = folds * max(T, R) + (R + C - 2) + R
   (skew, then the final drain).
-  `fold_model_cycles` is SCALE-Sim's per-fold model (Samajdar et al., ISPASS 2020): each fold
-  costs 2R + C + T - 2 with T = M (WS) or K /^ (fa*fw) (OS), nothing overlapped.
+  `fold_model_cycles` (below) is the standard reference for a whole layer, not a cost.
   `compute_bound_cycles` = MACs / (R*C*fa*fw), the array at its peak.
 - vadd / vrequant: count /^ V; vpool: c*oh*ow*kh*kw /^ V (every window element is one lane-op).
 
@@ -86,7 +85,6 @@ class Cost:
     channel_cycles: int = 0
     macs: int = 0
     compute_bound_cycles: float = 0.0
-    fold_model_cycles: int = 0
     mac_energy_pj: float = 0.0
     traffic: Traffic = Traffic()
 
@@ -132,7 +130,6 @@ def _conv(f: Fields, config: AccelConfig) -> Cost:
         k_folds, n_folds = ceil_div(k, rows * fa), ceil_div(n, cols * fw)
         folds = k_folds * n_folds
         cycles = rows + folds * max(m, rows) + (rows + cols - 2)
-        fold_model = folds * (2 * rows + cols + m - 2)
         sp_read = k * n + m * k * n_folds
         acc_write = outputs_bytes * k_folds
         acc_read = outputs_bytes * (k_folds - 1 + f["accumulate"])
@@ -140,7 +137,6 @@ def _conv(f: Fields, config: AccelConfig) -> Cost:
         stream = ceil_div(k, fa * fw)
         folds = ceil_div(m, rows) * ceil_div(n, cols)
         cycles = folds * max(stream, rows) + (rows + cols - 2) + rows
-        fold_model = folds * (2 * rows + cols + stream - 2)
         sp_read = k * n * ceil_div(m, rows) + m * k * ceil_div(n, cols)
         acc_write, acc_read = outputs_bytes, outputs_bytes * f["accumulate"]
     macs = groups * m * k * n
@@ -149,7 +145,6 @@ def _conv(f: Fields, config: AccelConfig) -> Cost:
         cycles=groups * cycles,
         macs=macs,
         compute_bound_cycles=macs / (rows * cols * fa * fw),
-        fold_model_cycles=groups * fold_model,
         mac_energy_pj=macs * config.mac_energy_pj * f["w_bits"] * f["a_bits"] / 64,
         traffic=Traffic(*(groups * v for v in per_group.to_dict().values())),
     )
@@ -208,3 +203,39 @@ def instruction_cost(instruction: Instruction, config: AccelConfig) -> Cost:
         return _COSTS[instruction.op](f, config)
     except ConfigError as error:
         raise CostError(str(error)) from None
+
+
+def fold_model_cycles(
+    m: int, k: int, n: int, groups: int, w_bits: int, a_bits: int, config: AccelConfig
+) -> int:
+    """The standard systolic fold model of an untiled conv or linear layer: the independent
+    reference that measured layer times are checked against (`benchmarks/compile.py`).
+
+    The layer is `groups` GEMMs run one after another, each (m x k) by (k x n): m output
+    pixels, k = (c_in / groups) * kh * kw, n = c_out / groups. With R x C the array, SCALE-Sim
+    (Samajdar et al., ISPASS 2020; scale-sim-v2 `scalesim/compute/systolic_compute_ws.py` and
+    `_os.py`, whose demand matrices have this many rows per fold) charges, nothing overlapped:
+
+        weight stationary:  folds = ceil(K / R) * ceil(N / C),  per fold 2R + C + T - 2, T = M
+        output stationary:  folds = ceil(M / R) * ceil(N / C),  per fold  R + C + T - 2, T = K
+
+    (WS: R cycles to preload a fold's weights, then M rows stream with R + C - 2 of skew and
+    drain; OS: K streams with the same skew, the outputs shifting out inside it.)
+
+    BitFusion enters where this module's docstring puts it on the array: a PE holds
+    fa = 8 / a_bits activations and fw = 8 / w_bits weights, so weight stationary covers
+    K in rows of R * fa and N in columns of C * fw (folds = ceil(K / (R fa)) * ceil(N / (C fw)))
+    and output stationary does fa * fw of an output's MACs a cycle (T = ceil(K / (fa fw))).
+    Fusion widens a PE, not the array: the fill, skew and drain terms keep the physical R and
+    C. At w8a8 (fa = fw = 1) this is SCALE-Sim's model exactly. ConfigError if the machine
+    does not fuse to these widths.
+    """
+    rows, cols = config.rows, config.cols
+    fa, fw = config.fusion(w_bits, a_bits)
+    if config.dataflow == "ws":
+        folds = ceil_div(k, rows * fa) * ceil_div(n, cols * fw)
+        per_fold = 2 * rows + cols + m - 2
+    else:
+        folds = ceil_div(m, rows) * ceil_div(n, cols)
+        per_fold = rows + cols + ceil_div(k, fa * fw) - 2
+    return groups * folds * per_fold

@@ -2,7 +2,8 @@
 
 Instructions are taken in op order; runs of consecutive instructions with the same module path
 become the debug map's layer ranges, so per-layer statistics name the torch layers; `value`
-tensors become the debug map's values, where a debugger reads each layer's output.
+tensors become the debug map's values, where a debugger reads each layer's output; `layer` ops
+its GEMMs, the untiled geometry of each conv and linear layer for the fold model.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from xdsl.dialects.builtin import IntegerAttr, ModuleOp, Signedness
 
 from dopant.backend.binary import write_program
 from dopant.backend.config_attr import module_target
-from dopant.backend.image import LayerRange, ProgramImage, Segment, TensorDesc
-from dopant.dialects.accel import InstructionOp, SegmentOp, TensorOp
+from dopant.backend.image import LayerGemm, LayerRange, ProgramImage, Segment, TensorDesc
+from dopant.dialects.accel import InstructionOp, LayerOp, SegmentOp, TensorOp
 from dopant.support.errors import DopantError
 
 
@@ -51,10 +52,15 @@ def layer_ranges(paths: list[str]) -> tuple[LayerRange, ...]:
     return tuple(ranges)
 
 
+def layer_gemm(op: LayerOp) -> LayerGemm:
+    """The debug map's record of an `accel.layer`: its untiled GEMM geometry."""
+    return LayerGemm(op.path.data, **op.gemm())
+
+
 def emit_image(module: ModuleOp) -> ProgramImage:
     """The program an accel module describes."""
     config = module_target(module)
-    instructions, paths, segments = [], [], []
+    instructions, paths, segments, gemms = [], [], [], []
     tensors: dict[str, list[TensorDesc]] = {"input": [], "output": [], "value": []}
     for op in module.body.block.ops:
         if isinstance(op, InstructionOp):
@@ -72,6 +78,8 @@ def emit_image(module: ModuleOp) -> ProgramImage:
             )
         elif isinstance(op, TensorOp):
             tensors[op.role.data].append(_tensor(op))
+        elif isinstance(op, LayerOp):
+            gemms.append(layer_gemm(op))
         else:
             raise EmitError(f"{op.name} cannot appear at the top of an accel module.")
     if not tensors["input"] or not tensors["output"]:
@@ -86,6 +94,7 @@ def emit_image(module: ModuleOp) -> ProgramImage:
         layer_ranges(paths),
         _dram_bytes(module),
         tuple(tensors["value"]),
+        tuple(gemms),
     )
 
 

@@ -1,4 +1,5 @@
-"""What a loaded binary is: instructions, DRAM contents, I/O descriptors and a debug map.
+"""What a loaded binary is: instructions, DRAM contents, I/O descriptors and a debug map
+(layer ranges, intermediate values, each conv/linear layer's untiled GEMM).
 
 `backend.binary` writes and reads these to and from `.dpb` bytes; `runtime.loader` validates
 them; the simulator runs them (`Program.run`). No xDSL here.
@@ -96,6 +97,27 @@ class LayerRange:
 
 
 @dataclass(frozen=True)
+class LayerGemm:
+    """The untiled work of the conv or linear layer at torch module path `name`: `groups` GEMMs
+    of (m x k) by (k x n) each (m output pixels, k = (c_in / groups) * kh * kw, n = c_out /
+    groups) at the operand widths the array fuses to. The debug map keeps it so statistics can
+    compare the layer's tiles with the standard fold model of the whole layer
+    (`backend.costs.fold_model_cycles`)."""
+
+    name: str
+    m: int
+    k: int
+    n: int
+    groups: int
+    w_bits: int
+    a_bits: int
+
+    @property
+    def macs(self) -> int:
+        return self.groups * self.m * self.k * self.n
+
+
+@dataclass(frozen=True)
 class ProgramImage:
     """A complete accelerator program for one machine (`config_hash`): what a `.dpb` holds.
 
@@ -111,6 +133,7 @@ class ProgramImage:
     layers: tuple[LayerRange, ...]
     dram_bytes: int
     values: tuple[TensorDesc, ...] = ()  # debug map: where each layer's output is left in DRAM
+    gemms: tuple[LayerGemm, ...] = ()  # debug map: each conv/linear layer's untiled GEMM
 
     def accel_config(self) -> AccelConfig:
         """The machine this program was compiled for, rebuilt from `config`."""

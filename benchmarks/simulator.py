@@ -1,7 +1,8 @@
 """Simulator benchmark: ResNet-18 at 224x224 (about 1.8 GMAC) compiled by dopant and run on the
 simulated accelerator, per preset and dataflow: compile time, instructions, functional run wall
 time (values and timing together), simulated cycles, utilization against the roofline bound, and
-the standard systolic fold model's cycles for the convs (SCALE-Sim style) for comparison.
+for comparison the standard systolic fold model (SCALE-Sim, Samajdar et al., ISPASS 2020;
+`backend.costs.fold_model_cycles`) of the untiled conv and linear layers, summed over them.
 
     python benchmarks/simulator.py [--model resnet18] [--targets edge16,large32] [--dataflows ws,os]
 

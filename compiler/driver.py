@@ -35,7 +35,7 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 
 from dopant.backend.config_attr import set_module_target
-from dopant.backend.emit import emit_binary, layer_ranges
+from dopant.backend.emit import emit_binary, layer_gemm, layer_ranges
 from dopant.backend.presets import load_target
 from dopant.backend.target import AccelConfig
 from dopant.compiler.calibrate import calibrate
@@ -230,10 +230,12 @@ def latency(module: ModuleOp, target: str | AccelConfig = "edge16") -> RunStats:
         )
     work = module.clone()
     TilePass(config).apply(make_context(), work)
-    timed = lower_network(work).instructions()
+    lowering = lower_network(work)
+    timed = lowering.instructions()
     instructions = tuple(instruction for instruction, _ in timed)
     layers = layer_ranges([path for _, path in timed])
-    return run_stats(instructions, layers, config, schedule(instructions, config))
+    gemms = [layer_gemm(op) for op in lowering.layers]
+    return run_stats(instructions, layers, gemms, config, schedule(instructions, config))
 
 
 def compile(

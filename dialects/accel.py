@@ -5,7 +5,8 @@
 Each instruction op keeps every field of `dialects.isa` (zero fields omitted in text, token masks
 in hex) and the torch module path of the layer it belongs to. Around the instructions, a module
 holds `accel.input` / `accel.output` (network I/O in DRAM with its quantization) and
-`accel.segment` (constant data placed in DRAM), and the attributes `accel.config` (the
+`accel.segment` (constant data placed in DRAM), `accel.layer` (a conv or linear layer's
+untiled GEMM, for statistics), and the attributes `accel.config` (the
 machine, as JSON) and `accel.dram_bytes`. `backend.emit` turns such a module into a binary.
 """
 
@@ -197,4 +198,53 @@ class SegmentOp(IRDLOperation):
             raise VerifyException(f'accel.segment at "{self.path.data}" must hold integers.')
 
 
-ACCEL = Dialect("accel", [*INSTRUCTION_OPS.values(), TensorOp, SegmentOp], [])
+_GEMM_FIELDS = ("m", "k", "n", "groups", "w_bits", "a_bits")
+
+
+@irdl_op_definition
+class LayerOp(IRDLOperation):
+    """The untiled GEMM of one conv or linear layer, recorded for statistics; it runs nothing.
+
+    `groups` GEMMs run one after another, each (m x k) by (k x n): m output pixels,
+    k = (c_in / groups) * kh * kw, n = c_out / groups; `w_bits` and `a_bits` are the operand
+    widths the array fuses to (as its conv instructions say). `backend.emit` writes it into
+    the binary's debug map, where statistics compute the layer's standard fold model
+    (`backend.costs.fold_model_cycles`) for the layer at module path `path`.
+    """
+
+    name = "accel.layer"
+    path = prop_def(StringAttr)
+    m = prop_def(IntegerAttr.constr(type=i64))
+    k = prop_def(IntegerAttr.constr(type=i64))
+    n = prop_def(IntegerAttr.constr(type=i64))
+    groups = prop_def(IntegerAttr.constr(type=i64))
+    w_bits = prop_def(IntegerAttr.constr(type=i64))
+    a_bits = prop_def(IntegerAttr.constr(type=i64))
+    assembly_format = (
+        "$path `m` $m `k` $k `n` $n `groups` $groups `w_bits` $w_bits `a_bits` $a_bits attr-dict"
+    )
+
+    @staticmethod
+    def make(
+        path: str, *, m: int, k: int, n: int, groups: int, w_bits: int, a_bits: int
+    ) -> LayerOp:
+        values = (m, k, n, groups, w_bits, a_bits)
+        sizes = {name: IntegerAttr(v, i64) for name, v in zip(_GEMM_FIELDS, values, strict=True)}
+        return LayerOp.build(properties={"path": StringAttr(path), **sizes})
+
+    def gemm(self) -> dict[str, int]:
+        """m, k, n, groups, w_bits and a_bits by name."""
+        values = (self.m, self.k, self.n, self.groups, self.w_bits, self.a_bits)
+        return {name: attr.value.data for name, attr in zip(_GEMM_FIELDS, values, strict=True)}
+
+    def verify_(self) -> None:
+        where = f'accel.layer at "{self.path.data}"'
+        if not self.path.data:
+            raise VerifyException("accel.layer needs the module path of its layer, not ''.")
+        # Whether the machine fuses to w_bits and a_bits is the loader's check, as for conv.
+        for name, value in self.gemm().items():
+            if value < 1:
+                raise VerifyException(f"{where} has {name}={value}; it must be at least 1.")
+
+
+ACCEL = Dialect("accel", [*INSTRUCTION_OPS.values(), TensorOp, SegmentOp, LayerOp], [])

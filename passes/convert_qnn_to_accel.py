@@ -13,7 +13,7 @@ from xdsl.passes import ModulePass
 from dopant.backend.config_attr import module_target
 from dopant.backend.image import storage_range
 from dopant.backend.target import AccelConfig
-from dopant.dialects.accel import INSTRUCTION_OPS, TENSOR_ROLES, TensorOp
+from dopant.dialects.accel import INSTRUCTION_OPS, TENSOR_ROLES, LayerOp, TensorOp
 from dopant.dialects.isa import Instruction, IsaError
 from dopant.dialects.qnn import (
     AddOp,
@@ -30,7 +30,7 @@ from dopant.dialects.qnn import (
 )
 from dopant.dialects.qnn.base import forward, shape
 from dopant.dialects.qnn.values import output_params, value_names
-from dopant.passes._convert_qnn_to_accel.conv import ConvDram, lower_conv
+from dopant.passes._convert_qnn_to_accel.conv import ConvDram, layer_op, lower_conv
 from dopant.passes._convert_qnn_to_accel.dram import Dram
 from dopant.passes._convert_qnn_to_accel.requant import layer_requant, requant
 from dopant.passes._convert_qnn_to_accel.schedule import Schedule
@@ -62,7 +62,8 @@ class ConvertQnnToAccelPass(ModulePass):
     their parameters: the host dequantizes) and every computed value (role `value`, named as
     `reference.trace` names it, for `dopant compare`), `accel.segment`s for weights (at
     their width), si32 biases and si32 multiplier tables (m0 then shift, from
-    `intops.quantize_multipliers` as the reference computes them), and the instructions
+    `intops.quantize_multipliers` as the reference computes them), an `accel.layer` per conv
+    or linear (its untiled GEMM, for the fold model in statistics), and the instructions
     (`_convert_qnn_to_accel.conv`, `.vector`), each named by its layer's torch module path,
     ordered by tokens (`.schedule`);
     `accel.dram_bytes` gives the DRAM size (every value its own region, `.dram`; a
@@ -104,6 +105,7 @@ class Lowering:
     dram: Dram = field(default_factory=Dram)
     schedule: Schedule = field(default_factory=Schedule)
     tensors: list[TensorOp] = field(default_factory=list)
+    layers: list[LayerOp] = field(default_factory=list)
     fused: set[Operation] = field(default_factory=set)
 
     def lower(self, op: Operation) -> None:
@@ -149,6 +151,7 @@ class Lowering:
             out=self.dram.value(rq.output),
         )
         self._value(rq, dram.out)
+        self.layers.append(layer_op(conv, self.config))
         lower_conv(self.schedule, conv, conv_plan(op), self.config, dram, factors.fields)
 
     def _value(self, op: QnnOp, address: int) -> None:
@@ -219,11 +222,11 @@ class Lowering:
         return listed
 
     def module_ops(self) -> list[Operation]:
-        """The new module body: I/O tensors, segments, then the instructions in order."""
+        """The new module body: I/O tensors, segments, layers, then the instructions in order."""
         roles = {t.role.data for t in self.tensors}
         if not {"input", "output"} <= roles:
             raise DopantError("the network has no input or no output on the accelerator.")
         by_role = sorted(self.tensors, key=lambda t: TENSOR_ROLES.index(t.role.data))
-        ops: list[Operation] = [*by_role, *self.dram.segments]
+        ops: list[Operation] = [*by_role, *self.dram.segments, *self.layers]
         ops += [INSTRUCTION_OPS[i.op].of_instruction(i, path) for i, path in self.instructions()]
         return ops

@@ -4,8 +4,9 @@
 well formed but would go wrong on the accelerator: fields that make no sense for an engine,
 accesses past a memory, widths the array cannot fuse, pooling geometry that is not torch's,
 dependency tokens that deadlock, constants and I/O tensors outside DRAM or on top of each other,
-debug ranges outside the code. Each error names the instruction index, its byte offset in the
-file when known, and the field. No xDSL here.
+debug ranges outside the code, layer GEMMs that are not the work of their layer's convs. Each
+error names the instruction index, its byte offset in the file when known, and the field.
+No xDSL here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from dopant.backend.binary import (
     read_binary_file,
     read_container,
 )
-from dopant.backend.image import ProgramImage, TensorDesc, element_bytes, storage_range
+from dopant.backend.costs import instruction_cost
+from dopant.backend.image import LayerGemm, ProgramImage, TensorDesc, element_bytes, storage_range
 from dopant.backend.target import AccelConfig
 from dopant.dialects.isa import ENGINES, INSTRUCTION_BYTES, TOKENS, Instruction
 from dopant.dialects.shapes import window_out
@@ -78,6 +80,7 @@ def validate(program: ProgramImage, code_offset: int | None = None) -> AccelConf
     _check_tokens(program.instructions, code_offset)
     _check_dram(program)
     _check_layers(program)
+    _check_gemms(program, machine)
     return machine
 
 
@@ -359,3 +362,37 @@ def _check_layers(program: ProgramImage) -> None:
                 f"debug map entry '{other}': field start={start} overlaps '{name}', which "
                 f"stops at {stop}"
             )
+
+
+def _check_gemms(program: ProgramImage, m: AccelConfig) -> None:
+    """Each layer's GEMMs are fusible on the machine and are the work of its conv instructions
+    (the same MACs at the same widths), so the fold model computed from them is the layer's."""
+    gemms: dict[str, list[LayerGemm]] = {}
+    for g in program.gemms:
+        for field, widths in (("w_bits", m.weight_bits), ("a_bits", m.act_bits)):
+            if (width := getattr(g, field)) not in widths:
+                raise BinaryError(
+                    f"debug map GEMM '{g.name}': field {field}={width} is not supported by "
+                    f"'{m.name}' {widths}"
+                )
+        gemms.setdefault(g.name, []).append(g)
+    convs: dict[str, list[int]] = {}
+    for r in program.layers:
+        code = range(r.start, r.stop)
+        convs.setdefault(r.name, []).extend(i for i in code if program.instructions[i].op == "conv")
+    for name in dict.fromkeys([*convs, *gemms]):
+        want = sum(g.macs for g in gemms.get(name, []))
+        done = sum(instruction_cost(program.instructions[i], m).macs for i in convs.get(name, []))
+        if done != want:
+            raise BinaryError(
+                f"debug map layer '{name}': its GEMMs (fields groups * m * k * n) give {want} "
+                f"MACs but its conv instructions do {done}; the GEMMs must describe its convs"
+            )
+        fused = {(g.w_bits, g.a_bits) for g in gemms.get(name, [])}
+        for i in convs.get(name, []):
+            conv = program.instructions[i]
+            if (conv["w_bits"], conv["a_bits"]) not in fused:
+                raise BinaryError(
+                    f"debug map layer '{name}': instruction {i} (conv) fields w_bits="
+                    f"{conv['w_bits']}, a_bits={conv['a_bits']} are the widths of none of its GEMMs"
+                )

@@ -57,10 +57,8 @@ class Program(ProgramImage):
     def stats(self) -> RunStats:
         """The statistics of a run, from the timing model alone: they depend on the program,
         not on its inputs, so every run shares one computation."""
-        config = self.accel_config()
-        return run_stats(
-            self.instructions, self.layers, config, schedule(self.instructions, config)
-        )
+        config, code = self.accel_config(), self.instructions
+        return run_stats(code, self.layers, self.gemms, config, schedule(code, config))
 
     def run(self, *inputs: np.ndarray, trace: bool = False, values: bool = False) -> RunResult:
         """Run the program on the functional simulator and the timing model.

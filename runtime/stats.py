@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dopant.backend.costs import Cost, Traffic
-from dopant.backend.image import LayerRange
+from dopant.backend.costs import Cost, Traffic, fold_model_cycles
+from dopant.backend.image import LayerGemm, LayerRange
 from dopant.backend.target import AccelConfig
 from dopant.dialects.isa import ENGINES, Instruction
 from dopant.runtime.timing import STALLS, Slot, Timeline
@@ -49,7 +49,7 @@ class LayerStats:
     traffic_bytes: dict[str, int]
     compute_bound_cycles: float
     memory_bound_cycles: float
-    fold_model_cycles: int  # SCALE-Sim's per-fold model over the layer's convs, for comparison
+    fold_model_cycles: int  # the standard fold model of its untiled GEMMs (0 without GEMMs)
     compute_span_cycles: int  # first start to last end of its compute-engine instructions
     added_cycles: int  # how far it moves the run's end past all earlier layers' ends
 
@@ -102,7 +102,7 @@ class RunStats:
     macs: int
     compute_bound_cycles: float
     memory_bound_cycles: float
-    fold_model_cycles: int  # SCALE-Sim's per-fold model summed over the convs, for comparison
+    fold_model_cycles: int  # the standard fold model summed over the program's layer GEMMs
     traffic_bytes: dict[str, int]
     energy_pj: dict[str, float]  # mac, dram, scratchpad, accumulator, total
     engines: dict[str, EngineStats]
@@ -178,12 +178,27 @@ def _traffic(costs: Sequence[Cost]) -> Traffic:
     return sum((c.traffic for c in costs), Traffic())
 
 
+def _fold_models(gemms: Sequence[LayerGemm], config: AccelConfig) -> dict[str, int]:
+    """Each layer's standard fold model (`costs.fold_model_cycles`) from its untiled GEMMs in
+    the debug map: an independent reference for its tiles, not a sum of their costs."""
+    models: dict[str, int] = {}
+    for g in gemms:
+        cycles = fold_model_cycles(g.m, g.k, g.n, g.groups, g.w_bits, g.a_bits, config)
+        models[g.name] = models.get(g.name, 0) + cycles
+    return models
+
+
 def _layer(
-    name: str, indices: Sequence[int], timeline: Timeline, config: AccelConfig, earlier_end: int
+    name: str,
+    indices: Sequence[int],
+    timeline: Timeline,
+    config: AccelConfig,
+    earlier_end: int,
+    fold_model: int,
 ) -> LayerStats:
     """One layer's statistics; `earlier_end` is the latest end of the layers before it (layers
     overlap, so a layer is charged only the cycles by which it ends after all of them: these
-    charges add up to the run's end)."""
+    charges add up to the run's end); `fold_model` is its standard fold model."""
     slots = [timeline.slots[i] for i in indices]
     costs = [timeline.costs[i] for i in indices]
     traffic = _traffic(costs)
@@ -207,7 +222,7 @@ def _layer(
         macs=sum(c.macs for c in costs),
         traffic_bytes=traffic.to_dict(),
         compute_bound_cycles=sum(c.compute_bound_cycles for c in costs),
-        fold_model_cycles=sum(c.fold_model_cycles for c in costs),
+        fold_model_cycles=fold_model,
         compute_span_cycles=compute_span,
         memory_bound_cycles=traffic.dram_bytes / config.dram_bytes_per_cycle,
         added_cycles=max(0, end - earlier_end),
@@ -225,11 +240,13 @@ def _layer_names(count: int, layers: Sequence[LayerRange]) -> tuple[str, ...]:
 def run_stats(
     instructions: Sequence[Instruction],
     layers: Sequence[LayerRange],
+    gemms: Sequence[LayerGemm],
     config: AccelConfig,
     timeline: Timeline,
 ) -> RunStats:
     """The statistics of `timeline`, the schedule of `instructions` on `config`, per layer of
-    the debug map's `layers` (ranges of instructions)."""
+    the debug map's `layers` (ranges of instructions), each compared with the fold model of
+    its untiled `gemms`."""
     names = _layer_names(len(instructions), layers)
     members: dict[str, list[int]] = {}
     for index, name in enumerate(names):
@@ -239,8 +256,10 @@ def run_stats(
     order += [UNLABELLED] if UNLABELLED in members else []
     per_layer: list[LayerStats] = []
     earlier_end = 0
+    models = _fold_models(gemms, config)
     for name in dict.fromkeys(order):
-        per_layer.append(_layer(name, members[name], timeline, config, earlier_end))
+        model = models.get(name, 0)
+        per_layer.append(_layer(name, members[name], timeline, config, earlier_end, model))
         earlier_end = max(earlier_end, per_layer[-1].end_cycle)
     engines = {}
     for engine in ENGINES:
@@ -261,7 +280,7 @@ def run_stats(
         macs=sum(c.macs for c in timeline.costs),
         compute_bound_cycles=sum(c.compute_bound_cycles for c in timeline.costs),
         memory_bound_cycles=traffic.dram_bytes / config.dram_bytes_per_cycle,
-        fold_model_cycles=sum(c.fold_model_cycles for c in timeline.costs),
+        fold_model_cycles=sum(models.values()),
         traffic_bytes=traffic.to_dict(),
         energy_pj=_energy(config, traffic, sum(c.mac_energy_pj for c in timeline.costs)),
         engines=engines,
@@ -286,8 +305,8 @@ def summary_text(stats: RunStats) -> str:
         f"{stats.total_cycles:,} cycles = {stats.seconds * 1e6:,.1f} us",
         f"{stats.macs:,} MACs; roofline {stats.roofline_cycles:,.0f} cycles (compute "
         f"{stats.compute_bound_cycles:,.0f}, memory {stats.memory_bound_cycles:,.0f}); "
-        f"utilization {_percent(stats.roofline_cycles, stats.total_cycles)}; SCALE-Sim fold "
-        f"model of the convs {stats.fold_model_cycles:,} cycles",
+        f"utilization {_percent(stats.roofline_cycles, stats.total_cycles)}; standard fold "
+        f"model of the untiled layers {stats.fold_model_cycles:,} cycles",
         f"bytes: DRAM read {t['dram_read_bytes']:,} write {t['dram_write_bytes']:,}; scratchpad "
         f"read {t['sp_read_bytes']:,} write {t['sp_write_bytes']:,}; accumulator read "
         f"{t['acc_read_bytes']:,} write {t['acc_write_bytes']:,}",

@@ -28,7 +28,7 @@ from dopant.backend.binary import (
     save_program,
     write_program,
 )
-from dopant.backend.image import LayerRange, Segment, TensorDesc
+from dopant.backend.image import LayerGemm, LayerRange, Segment, TensorDesc
 from dopant.backend.image import ProgramImage as Program
 from dopant.backend.presets import preset
 from dopant.backend.target import AccelConfig
@@ -71,6 +71,8 @@ PROGRAM = Program(
     outputs=(TensorDesc("y", (1, 1, 2, 2), 96, 8, True, 1 / 3, -5),),
     layers=(LayerRange("stem.conv", 0, 4), LayerRange("stem.requant", 4, 5)),
     dram_bytes=128,
+    # The conv's untiled GEMM: M = 2 * 2 outputs, K = 1 * 3 * 3, N = 1: 36 MACs, as it does.
+    gemms=(LayerGemm("stem.conv", 4, 9, 1, 1, 4, 8),),
 )
 DATA = write_program(PROGRAM)
 NAMES_A_PLACE = re.compile(r"byte offset \d+|field")
@@ -95,7 +97,7 @@ def build_file(payloads: dict[SectionKind, bytes], config_hash: bytes) -> bytes:
     content = bytearray(-(-offset // 8) * 8)
     total = len(content) + 32
     content[:64] = struct.pack(
-        "<8sHHI32sQQ", b"DOPANTPB", 2, len(payloads), 0, config_hash, total, 0
+        "<8sHHI32sQQ", b"DOPANTPB", 3, len(payloads), 0, config_hash, total, 0
     )
     content[64 : 64 + len(entries)] = entries
     for at, payload in placed:
@@ -331,10 +333,16 @@ def test_duplicate_and_missing_sections_are_refused() -> None:
         (SectionKind.IO, dumps({"dram_bytes": 1 << 40, "inputs": [], "outputs": []}), "field dram_bytes must be an integer in"),
         (SectionKind.IO, dumps({"dram_bytes": 1, "inputs": [{"name": "x", "shape": [1 << 20, 1 << 20], "dram": 0, "bits": 8, "signed": True, "scale": 1.0, "zero_point": 0}], "outputs": []}), "has over 268435456 elements"),
         (SectionKind.IO, dumps({"dram_bytes": 1, "inputs": [], "outputs": [], "x": 1}), "exactly the keys"),
-        (SectionKind.DEBUG, dumps({"layers": [{"name": "a", "start": 1 << 40, "stop": 0}], "values": []}), "field layers entry 0 field start must be"),
-        (SectionKind.DEBUG, b'{"layers":[{"name":"a","start":1e999,"stop":0}],"values":[]}', "is not finite"),
-        (SectionKind.DEBUG, dumps([{"name": "a", "start": 0, "stop": 0}]), "must be a JSON object with exactly the keys layers, values"),
-        (SectionKind.DEBUG, dumps({"layers": [], "values": [{"name": "v", "shape": [2], "dram": 0, "bits": 16, "signed": True, "scale": 1.0, "zero_point": 0}]}), r"field values\[0\].bits must be one of"),
+        (SectionKind.DEBUG, dumps({"layers": [{"name": "a", "start": 1 << 40, "stop": 0}], "values": [], "gemms": []}), "field layers entry 0 field start must be"),
+        (SectionKind.DEBUG, b'{"layers":[{"name":"a","start":1e999,"stop":0}],"values":[],"gemms":[]}', "is not finite"),
+        (SectionKind.DEBUG, dumps([{"name": "a", "start": 0, "stop": 0}]), "must be a JSON object with exactly the keys layers, values, gemms"),
+        (SectionKind.DEBUG, dumps({"layers": [], "values": [], "gemms": []} | {"x": 1}), "must be a JSON object with exactly the keys layers, values, gemms"),
+        (SectionKind.DEBUG, dumps({"layers": [], "values": [{"name": "v", "shape": [2], "dram": 0, "bits": 16, "signed": True, "scale": 1.0, "zero_point": 0}], "gemms": []}), r"field values\[0\].bits must be one of"),
+        (SectionKind.DEBUG, dumps({"layers": [], "values": [], "gemms": [{"name": "c", "m": 0, "k": 9, "n": 1, "groups": 1, "w_bits": 8, "a_bits": 8}]}), r"^the DEBUG section \(byte offset \d+\) field gemms entry 0 field m must be an integer in \[1, 268435456\], got 0$"),
+        (SectionKind.DEBUG, dumps({"layers": [], "values": [], "gemms": [{"name": "", "m": 4, "k": 9, "n": 1, "groups": 1, "w_bits": 8, "a_bits": 8}]}), "field gemms entry 0 field name must be a non-empty string"),
+        (SectionKind.DEBUG, dumps({"layers": [], "values": [], "gemms": [{"name": "c", "m": 4, "k": 9, "n": 1, "groups": True, "w_bits": 8, "a_bits": 8}]}), "field gemms entry 0 field groups must be an integer in"),
+        (SectionKind.DEBUG, dumps({"layers": [], "values": [], "gemms": [{"name": "c", "m": 4, "k": 9, "n": 1, "w_bits": 8, "a_bits": 8}]}), "field gemms entry 0 must be a JSON object with exactly the keys name, m, k, n, groups, w_bits, a_bits"),
+        (SectionKind.DEBUG, dumps({"layers": [], "values": [], "gemms": {}}), "field gemms must be a JSON list"),
     ],
 )  # fmt: skip
 def test_malformed_sections_are_refused(kind: SectionKind, payload: bytes, message: str) -> None:
@@ -413,6 +421,11 @@ def test_the_loader_names_instruction_offset_and_field(
         ({"layers": (LayerRange("a", 0, 3), LayerRange("b", 2, 4))}, "debug map entry 'b': field start=2 overlaps 'a', which stops at 3"),
         ({"values": (TensorDesc("v", (1, 40), 96, 8, True, 1.0, 0),)}, "debug value 'v': DRAM bytes [96, 136) run past field dram_bytes=128"),
         ({"values": (TensorDesc("v", (1,), 16, 32, True, 1.0, 0),) * 2}, "the debug map's values repeats a tensor name: v"),
+        ({"gemms": ()}, "debug map layer 'stem.conv': its GEMMs (fields groups * m * k * n) give 0 MACs but its conv instructions do 36; the GEMMs must describe its convs"),
+        ({"gemms": (LayerGemm("stem.conv", 4, 9, 2, 1, 4, 8),)}, "debug map layer 'stem.conv': its GEMMs (fields groups * m * k * n) give 72 MACs but its conv instructions do 36; the GEMMs must describe its convs"),
+        ({"gemms": (*PROGRAM.gemms, LayerGemm("head", 1, 1, 1, 1, 8, 8))}, "debug map layer 'head': its GEMMs (fields groups * m * k * n) give 1 MACs but its conv instructions do 0; the GEMMs must describe its convs"),
+        ({"gemms": (LayerGemm("stem.conv", 4, 9, 1, 1, 8, 8),)}, "debug map layer 'stem.conv': instruction 3 (conv) fields w_bits=4, a_bits=8 are the widths of none of its GEMMs"),
+        ({"gemms": (LayerGemm("stem.conv", 4, 9, 1, 1, 3, 8),)}, "debug map GEMM 'stem.conv': field w_bits=3 is not supported by 'edge16' (2, 4, 8)"),
     ],
 )  # fmt: skip
 def test_the_loader_checks_dram_and_the_debug_map(change: dict[str, Any], message: str) -> None:

@@ -13,8 +13,10 @@ instructions), CONST (u32 count, then per segment a 20-byte header dram u64 | bi
 signed u8 | reserved u16 | count u32 | data bytes u32 and the data, the whole record zero-padded
 to a multiple of 8 bytes, so the data always starts 8-byte aligned; elements of 8 bits or fewer
 are packed LSB first, int32 words little endian), IO (JSON {"dram_bytes", "inputs", "outputs"})
-and DEBUG (JSON {"layers": [{"name", "start", "stop"}], "values": [tensor]}: each layer's
-instruction range, and where each intermediate value is left in DRAM). JSON is UTF-8 with
+and DEBUG (JSON {"layers": [{"name", "start", "stop"}], "values": [tensor], "gemms": [{"name",
+"m", "k", "n", "groups", "w_bits", "a_bits"}]}: each layer's instruction range, where each
+intermediate value is left in DRAM, and each conv or linear layer's untiled GEMM, from which
+statistics compute the standard fold model; since format version 3). JSON is UTF-8 with
 sorted keys and compact separators; floats are written by `repr`, so they read back exactly.
 
 `read_program` checks the container (layout, checksums, types, sizes); `runtime.loader` checks
@@ -28,6 +30,7 @@ import os
 import zlib
 from pathlib import Path
 
+from dopant.backend.binary.debug import debug_payload, read_debug
 from dopant.backend.binary.format import (
     ALIGN_BYTES,
     ENTRY,
@@ -49,10 +52,8 @@ from dopant.backend.binary.sections import (
     code_payload,
     config_payload,
     const_payload,
-    debug_payload,
     io_payload,
     read_code,
-    read_debug,
     read_io,
     read_json,
     read_machine,
@@ -227,7 +228,9 @@ def decode_program(container: Container) -> ProgramImage:
         read_json(container.payload(SectionKind.IO), where), where
     )
     where = container.where(SectionKind.DEBUG)
-    layers, values = read_debug(read_json(container.payload(SectionKind.DEBUG), where), where)
+    layers, values, gemms = read_debug(
+        read_json(container.payload(SectionKind.DEBUG), where), where
+    )
     return ProgramImage(
         config_hash=container.config_hash,
         config=machine.to_dict(),
@@ -238,4 +241,5 @@ def decode_program(container: Container) -> ProgramImage:
         layers=layers,
         dram_bytes=dram_bytes,
         values=values,
+        gemms=gemms,
     )

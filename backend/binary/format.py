@@ -10,7 +10,7 @@ from dopant.dialects.isa import INSTRUCTION_BYTES
 from dopant.support.errors import DopantError
 
 MAGIC = b"DOPANTPB"
-FORMAT_VERSION = 2  # 2: DEBUG holds layer ranges and intermediate values
+FORMAT_VERSION = 3  # 2: DEBUG holds layer ranges and intermediate values; 3: and layer GEMMs
 HEADER = struct.Struct("<8sHHI32sQQ")
 ENTRY = struct.Struct("<HHIQQ")
 SEGMENT = struct.Struct("<QBBHII")
@@ -28,6 +28,7 @@ MAX_MEMORY_KIB = 1 << 20  # on-chip memories of at most 1 GiB, so a simulator ca
 CONST_BITS = (2, 4, 8, 32)
 TENSOR_BITS = (2, 3, 4, 5, 6, 7, 8, 32)
 TENSOR_KEYS = ("name", "shape", "dram", "bits", "signed", "scale", "zero_point")
+GEMM_KEYS = ("name", "m", "k", "n", "groups", "w_bits", "a_bits")  # as LayerGemm's fields
 
 
 class BinaryError(DopantError):

@@ -1,5 +1,5 @@
-"""The payloads of the `.dpb` sections: CONFIG, CODE, CONST, IO and DEBUG to bytes and back
-(the layout is described in binary.py). Every reader checks types and sizes before it
+"""The payloads of the `.dpb` sections: CONFIG, CODE, CONST and IO to bytes and back (DEBUG is
+`debug.py`; the layout is described in binary.py). Every reader checks types and sizes before it
 allocates, and raises BinaryError naming the section, byte offset or field."""
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dopant.backend.binary.format import (
     COUNT,
     MAX_DRAM_BYTES,
     MAX_ELEMENTS,
-    MAX_INSTRUCTIONS,
     MAX_MEMORY_KIB,
     MAX_RANK,
     SEGMENT,
@@ -29,13 +28,13 @@ from dopant.backend.binary.format import (
     refuse_first,
     show,
 )
-from dopant.backend.image import LayerRange, ProgramImage, Segment, TensorDesc, storage_range
+from dopant.backend.image import ProgramImage, Segment, TensorDesc, storage_range
 from dopant.backend.target import AccelConfig
 from dopant.dialects.isa import INSTRUCTION_BYTES, Instruction, IsaError, decode, encode
 from dopant.support.errors import DopantError
 
 
-def _dumps(value: object, what: str) -> bytes:
+def dumps_json(value: object, what: str) -> bytes:
     def plain(item: object) -> object:
         # numpy scalars (shapes and scales computed with numpy) are written as Python numbers.
         if isinstance(item, np.generic):
@@ -57,7 +56,7 @@ def config_payload(program: ProgramImage) -> bytes:
             f"field config_hash is {len(program.config_hash)} bytes; it must be the 32-byte "
             "AccelConfig.stable_hash()"
         )
-    payload = _dumps(program.config, "CONFIG")
+    payload = dumps_json(program.config, "CONFIG")
     machine = read_machine(read_json(payload, "the CONFIG section"), "the CONFIG section")
     if machine.stable_hash() != program.config_hash:
         raise BinaryError(
@@ -115,7 +114,7 @@ def const_payload(segments: tuple[Segment, ...]) -> bytes:
     return bytes(out)
 
 
-def _tensor_json(desc: TensorDesc) -> dict[str, object]:
+def tensor_json(desc: TensorDesc) -> dict[str, object]:
     # An integer scale is written as a float, so a re-written binary has the same bytes.
     real = isinstance(desc.scale, int | float | np.number) and not isinstance(desc.scale, bool)
     scale = float(desc.scale) if real else desc.scale
@@ -133,21 +132,11 @@ def _tensor_json(desc: TensorDesc) -> dict[str, object]:
 def io_payload(program: ProgramImage) -> bytes:
     io = {
         "dram_bytes": program.dram_bytes,
-        "inputs": [_tensor_json(t) for t in program.inputs],
-        "outputs": [_tensor_json(t) for t in program.outputs],
+        "inputs": [tensor_json(t) for t in program.inputs],
+        "outputs": [tensor_json(t) for t in program.outputs],
     }
-    payload = _dumps(io, "IO")
+    payload = dumps_json(io, "IO")
     read_io(read_json(payload, "the IO section"), "the IO section")  # refuse what reads fail
-    return payload
-
-
-def debug_payload(program: ProgramImage) -> bytes:
-    debug = {
-        "layers": [{"name": r.name, "start": r.start, "stop": r.stop} for r in program.layers],
-        "values": [_tensor_json(t) for t in program.values],
-    }
-    payload = _dumps(debug, "DEBUG")
-    read_debug(read_json(payload, "the DEBUG section"), "the DEBUG section")
     return payload
 
 
@@ -285,52 +274,52 @@ def read_machine(raw: Any, where: str) -> AccelConfig:
     return machine
 
 
-def _check_keys(value: Any, keys: tuple[str, ...], where: str) -> dict[str, Any]:
+def check_keys(value: Any, keys: tuple[str, ...], where: str) -> dict[str, Any]:
     if not isinstance(value, dict) or set(value) != set(keys):
         raise BinaryError(f"{where} must be a JSON object with exactly the keys {', '.join(keys)}")
     return value
 
 
-def _int(value: Any, where: str, low: int, high: int) -> int:
+def json_int(value: Any, where: str, low: int, high: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise BinaryError(f"{where} must be an integer in [{low}, {high}], got {show(value)}")
     return value
 
 
-def _list(value: Any, where: str) -> list[Any]:
+def json_list(value: Any, where: str) -> list[Any]:
     if not isinstance(value, list):
         raise BinaryError(f"{where} must be a JSON list, got {show(value)}")
     return value
 
 
-def _name(value: Any, where: str) -> str:
+def json_name(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise BinaryError(f"{where} must be a non-empty string, got {show(value)}")
     return value
 
 
 def read_io(raw: Any, where: str) -> tuple[int, tuple[TensorDesc, ...], tuple[TensorDesc, ...]]:
-    io = _check_keys(raw, ("dram_bytes", "inputs", "outputs"), where)
-    dram_bytes = _int(io["dram_bytes"], f"{where} field dram_bytes", 1, MAX_DRAM_BYTES)
+    io = check_keys(raw, ("dram_bytes", "inputs", "outputs"), where)
+    dram_bytes = json_int(io["dram_bytes"], f"{where} field dram_bytes", 1, MAX_DRAM_BYTES)
     inputs, outputs = (
         tuple(
-            _tensor(item, f"{where} field {key}[{index}]")
-            for index, item in enumerate(_list(io[key], f"{where} field {key}"))
+            read_tensor(item, f"{where} field {key}[{index}]")
+            for index, item in enumerate(json_list(io[key], f"{where} field {key}"))
         )
         for key in ("inputs", "outputs")
     )
     return dram_bytes, inputs, outputs
 
 
-def _tensor(raw: Any, where: str) -> TensorDesc:
-    t = _check_keys(raw, TENSOR_KEYS, where)
-    dims = _list(t["shape"], f"{where}.shape")
+def read_tensor(raw: Any, where: str) -> TensorDesc:
+    t = check_keys(raw, TENSOR_KEYS, where)
+    dims = json_list(t["shape"], f"{where}.shape")
     if len(dims) > MAX_RANK:
         raise BinaryError(f"{where}.shape has {len(dims)} dimensions, over {MAX_RANK}")
-    shape = tuple(_int(d, f"{where}.shape[{i}]", 1, MAX_ELEMENTS) for i, d in enumerate(dims))
+    shape = tuple(json_int(d, f"{where}.shape[{i}]", 1, MAX_ELEMENTS) for i, d in enumerate(dims))
     if math.prod(shape) > MAX_ELEMENTS:
         raise BinaryError(f"{where}.shape has over {MAX_ELEMENTS} elements")
-    bits = _int(t["bits"], f"{where}.bits", 2, 32)
+    bits = json_int(t["bits"], f"{where}.bits", 2, 32)
     if bits not in TENSOR_BITS:
         raise BinaryError(f"{where}.bits must be one of {TENSOR_BITS}, got {bits}")
     if not isinstance(t["signed"], bool):
@@ -340,33 +329,11 @@ def _tensor(raw: Any, where: str) -> TensorDesc:
         raise BinaryError(f"{where}.scale must be a positive number, got {show(scale)}")
     low, high = storage_range(bits, t["signed"])
     return TensorDesc(
-        name=_name(t["name"], f"{where}.name"),
+        name=json_name(t["name"], f"{where}.name"),
         shape=shape,
-        dram=_int(t["dram"], f"{where}.dram", 0, MAX_DRAM_BYTES),
+        dram=json_int(t["dram"], f"{where}.dram", 0, MAX_DRAM_BYTES),
         bits=bits,
         signed=t["signed"],
         scale=float(scale),
-        zero_point=_int(t["zero_point"], f"{where}.zero_point", low, high),
+        zero_point=json_int(t["zero_point"], f"{where}.zero_point", low, high),
     )
-
-
-def read_debug(raw: Any, where: str) -> tuple[tuple[LayerRange, ...], tuple[TensorDesc, ...]]:
-    """The debug map: instruction ranges per layer and where each layer's value is left."""
-    debug = _check_keys(raw, ("layers", "values"), where)
-    layers = []
-    where_layers = f"{where} field layers"
-    for index, item in enumerate(_list(debug["layers"], where_layers)):
-        at = f"{where_layers} entry {index}"
-        entry = _check_keys(item, ("name", "start", "stop"), at)
-        layers.append(
-            LayerRange(
-                name=_name(entry["name"], f"{at} field name"),
-                start=_int(entry["start"], f"{at} field start", 0, MAX_INSTRUCTIONS),
-                stop=_int(entry["stop"], f"{at} field stop", 0, MAX_INSTRUCTIONS),
-            )
-        )
-    values = tuple(
-        _tensor(item, f"{where} field values[{index}]")
-        for index, item in enumerate(_list(debug["values"], f"{where} field values"))
-    )
-    return tuple(layers), values

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dopant.backend.target import AccelConfig
+from dopant.dialects.accel import LayerOp
 from dopant.passes._convert_qnn_to_accel.schedule import Box, DoubleBuffer, Schedule
 from dopant.passes.tiling import conv as tc
 from dopant.passes.tiling.plan import ConvPlan, ConvShape
@@ -31,6 +32,19 @@ class ConvDram:
     bias: int
     table: int  # m0[0..n) then shift[0..n), int32
     out: int
+
+
+def layer_op(shape: ConvShape, config: AccelConfig) -> LayerOp:
+    """The layer's untiled GEMM, at the widths its conv instructions fuse to (`tc.conv`)."""
+    return LayerOp.make(
+        shape.path,
+        m=shape.oh * shape.ow,
+        k=shape.cg * shape.kh * shape.kw,
+        n=shape.og,
+        groups=shape.groups,
+        w_bits=tc.array_bits(shape.weight.bits, config.weight_bits),
+        a_bits=tc.array_bits(shape.x.bits, config.act_bits),
+    )
 
 
 def lower_conv(
