@@ -31,7 +31,11 @@ class AccelConfig:
     """A systolic-array accelerator. Units are in the names; energies in picojoules.
 
     `weight_bits`/`act_bits` are the operand widths the PEs fuse to; `*_banks` split a memory
-    into independently accessed banks; `vector_lanes` is elements per cycle of the vector unit.
+    into independently accessed banks; `vector_lanes` is elements per cycle of the vector unit;
+    `dma_outstanding_requests` is how many DMA instructions each of the load and store engines
+    may have in flight (started, not completed) at once. Its default, 1, is the machine before
+    the field existed (an engine waited for each DMA to complete): `stable_hash` leaves it out
+    at that value, so binaries written then still verify. The presets set their own.
     """
 
     name: str
@@ -52,6 +56,7 @@ class AccelConfig:
     scratchpad_energy_pj_per_byte: float = 1.0
     accumulator_energy_pj_per_byte: float = 2.0
     dram_energy_pj_per_byte: float = 100.0
+    dma_outstanding_requests: int = 1
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -72,6 +77,7 @@ class AccelConfig:
             "accumulator_banks",
             "dram_bytes_per_cycle",
             "vector_lanes",
+            "dma_outstanding_requests",
         ):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -181,10 +187,16 @@ class AccelConfig:
     def stable_hash(self) -> bytes:
         """32 bytes that change whenever anything about the machine changes (not its name).
 
-        SHA-256 of the canonical JSON of every field but `name`: same machine, same hash, on
-        every platform and Python version; binaries carry it to refuse a different machine.
+        SHA-256 of the canonical JSON of every field but `name` (and but a field added later
+        while it holds the value that was the machine before it: `_HASHED_ONLY_WHEN_SET`): same
+        machine, same hash, on every platform and Python version; binaries carry it to refuse a
+        different machine.
         """
-        fields = {k: v for k, v in self.to_dict().items() if k != "name"}
+        fields = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k != "name" and not (k in _HASHED_ONLY_WHEN_SET and _HASHED_ONLY_WHEN_SET[k] == v)
+        }
         text = json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(text.encode()).digest()
 
@@ -233,6 +245,11 @@ class AccelConfig:
             else:
                 lines.append(f"{key} = {value!r}")
         return "\n".join(lines) + "\n"
+
+
+# Fields added after binaries were first written, at the value that is the machine from before
+# they existed: left out of the hash at that value, so those binaries keep their hash.
+_HASHED_ONLY_WHEN_SET: dict[str, object] = {"dma_outstanding_requests": 1}
 
 
 def _is_number(value: object) -> bool:
