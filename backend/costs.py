@@ -5,12 +5,20 @@ No values are computed or read here (the timing model never looks at data). The 
 R x C the array (`rows` x `cols`), bw = `dram_bytes_per_cycle`, L = `dram_latency_cycles`,
 V = `vector_lanes`, and ceil(a / b) written a /^ b:
 
-- load / store: B = program.moved_bytes(d*h*w, bits) bytes (sub-byte data travels packed; a
-  load counts its whole block, padding included). The channel is held B /^ bw cycles from the
-  transfer start; the instruction completes L + B /^ bw cycles after it (latency pipelines: it
-  does not hold the channel, but the engine waits for completion).
-- store_acc: completes L + max(B /^ bw, d*h*w /^ V) after its transfer start: the requantizer
-  streams V elements per cycle, the channel whichever is slower.
+- load / store / store_acc (DMA): B = program.moved_bytes(d*h*w, bits) bytes cross the channel
+  (sub-byte data travels packed; a load counts its whole block, padding included). The channel
+  is held B /^ bw cycles from the start. The engine's data path is held S = max(B /^ bw,
+  local) cycles, local being what the on-chip side takes: store_acc's requantizer streams V
+  elements a cycle, d*h*w /^ V; other DMAs 0 (the channel is the slower side). The
+  instruction completes L + S after its start (its data arrives, or its writes are
+  acknowledged, L later).
+- DMA in flight (k = `dma_outstanding_requests`): the load or store engine may start its next
+  DMA once the previous one's S cycles are over (its data path is free), the channel is free,
+  and fewer than k of its own are in flight; it completes L + S after its start, so after the
+  previous one (which started at least its S earlier). A run of like DMAs therefore
+  issues one every p = max(S, (L + S) / k) cycles: with s_i = max(s_(i-1) + S, e_(i-k)) and
+  e_j = s_j + L + S, a steady period p gives p = S or k p = L + S. `engine_share` is that p
+  (rounded up), what the tiler charges an engine per DMA; k = 1 gives L + S, one at a time.
 - conv, per group (groups run one after another), with M = oh*ow, K = (c_in/groups)*kh*kw,
   N = n/groups and (fa, fw) = config.fusion(w_bits, a_bits) (BitFusion):
   weight stationary: folds = K /^ (R*fa) * N /^ (C*fw); each fold's weights preload in R cycles,
@@ -44,6 +52,7 @@ Bytes per memory level (what `RunStats` adds up and prices with the config's pJ/
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 from dopant.backend.image import moved_bytes
@@ -79,9 +88,13 @@ class Traffic:
 
 @dataclass(frozen=True)
 class Cost:
-    """One instruction's cost. For a DRAM instruction `cycles` run from its transfer start."""
+    """One instruction's cost. For a DRAM instruction `cycles` run from its transfer start and
+    `issue_cycles` (S) are the first of them, during which it holds its engine's data path; the
+    rest is DRAM latency that the engine's next DMAs may overlap. Other instructions hold their
+    engine for all their `cycles` (`issue_cycles` equals them)."""
 
     cycles: int
+    issue_cycles: int
     uses_dram: bool = False
     channel_cycles: int = 0
     macs: int = 0
@@ -91,36 +104,60 @@ class Cost:
     traffic: Traffic = Traffic()
 
 
-def _transfer(f: Fields, config: AccelConfig, stream_cycles: int = 0) -> tuple[int, int, int]:
-    """(bytes, channel cycles, cycles to completion) of a DMA moving d*h*w elements."""
-    size = moved_bytes(f["d"] * f["h"] * f["w"], f["bits"])
+def engine_share(cost: Cost, outstanding: int) -> int:
+    """Cycles one instruction takes of its engine in a long run of like ones: a DMA with
+    `outstanding` in flight issues every max(S, (L + S) / k) cycles (module docstring)."""
+    if not cost.uses_dram:
+        return cost.cycles
+    return max(cost.issue_cycles, ceil_div(cost.cycles, outstanding))
+
+
+def dma_run_cycles(costs: Sequence[Cost], outstanding: int) -> int:
+    """When the last of `costs`, DMAs of one engine, completes if each starts as early as the
+    timing model lets it with nothing else on the channel, from cycle 0: s_0 = 0,
+    s_i = max(s_(i-1) + S_(i-1), e_(i-k)), e_i = s_i + cycles_i. With k >= n DMAs that is
+    L + S_0 + ... + S_(n-1), with k = 1 the sum of their cycles."""
+    starts: list[int] = []
+    ends: list[int] = []
+    for i, cost in enumerate(costs):
+        start = starts[-1] + costs[i - 1].issue_cycles if i else 0
+        if i >= outstanding:
+            start = max(start, ends[i - outstanding])
+        starts.append(start)
+        ends.append(start + cost.cycles)
+    return ends[-1] if ends else 0
+
+
+def _dma(size: int, config: AccelConfig, local_cycles: int, traffic: Traffic) -> Cost:
+    """A DMA moving `size` bytes over the channel while its on-chip side takes `local_cycles`."""
     channel = ceil_div(size, config.dram_bytes_per_cycle)
-    return size, channel, config.dram_latency_cycles + max(channel, stream_cycles)
+    issue = max(channel, local_cycles)
+    return Cost(config.dram_latency_cycles + issue, issue, True, channel, traffic=traffic)
 
 
 def _load(f: Fields, config: AccelConfig) -> Cost:
     count = f["d"] * f["h"] * f["w"]
-    size, channel, cycles = _transfer(f, config)
+    size = moved_bytes(count, f["bits"])
     local = (
         Traffic(acc_write_bytes=ACC_WORD_BYTES * count)
         if f["to_acc"]
         else Traffic(sp_write_bytes=count)
     )
-    return Cost(cycles, True, channel, traffic=Traffic(dram_read_bytes=size) + local)
+    return _dma(size, config, 0, Traffic(dram_read_bytes=size) + local)
 
 
 def _store(f: Fields, config: AccelConfig) -> Cost:
-    size, channel, cycles = _transfer(f, config)
     count = f["d"] * f["h"] * f["w"]
-    return Cost(cycles, True, channel, traffic=Traffic(dram_write_bytes=size, sp_read_bytes=count))
+    size = moved_bytes(count, f["bits"])
+    return _dma(size, config, 0, Traffic(dram_write_bytes=size, sp_read_bytes=count))
 
 
 def _store_acc(f: Fields, config: AccelConfig) -> Cost:
     count = f["d"] * f["h"] * f["w"]
-    size, channel, cycles = _transfer(f, config, ceil_div(count, config.vector_lanes))
+    size = moved_bytes(count, f["bits"])
     acc_words = count + 2 * f["d"]  # the block, then m0 and shift per depth slice
     traffic = Traffic(dram_write_bytes=size, acc_read_bytes=ACC_WORD_BYTES * acc_words)
-    return Cost(cycles, True, channel, traffic=traffic)
+    return _dma(size, config, ceil_div(count, config.vector_lanes), traffic)
 
 
 def _conv(f: Fields, config: AccelConfig) -> Cost:
@@ -147,6 +184,7 @@ def _conv(f: Fields, config: AccelConfig) -> Cost:
     per_group = Traffic(sp_read_bytes=sp_read, acc_read_bytes=acc_read, acc_write_bytes=acc_write)
     return Cost(
         cycles=groups * cycles,
+        issue_cycles=groups * cycles,
         macs=macs,
         compute_bound_cycles=macs / (rows * cols * fa * fw),
         fold_model_cycles=groups * fold_model,
@@ -162,7 +200,8 @@ def _vector(f: Fields, config: AccelConfig, operands: int, param_words: int) -> 
         sp_write_bytes=count,
         acc_read_bytes=ACC_WORD_BYTES * param_words,
     )
-    return Cost(ceil_div(count, config.vector_lanes), traffic=traffic)
+    cycles = ceil_div(count, config.vector_lanes)
+    return Cost(cycles, cycles, traffic=traffic)
 
 
 def _vadd(f: Fields, config: AccelConfig) -> Cost:
@@ -176,7 +215,8 @@ def _vrequant(f: Fields, config: AccelConfig) -> Cost:
 def _vpool(f: Fields, config: AccelConfig) -> Cost:
     reads = f["c"] * f["oh"] * f["ow"] * f["kh"] * f["kw"]
     traffic = Traffic(sp_read_bytes=reads, sp_write_bytes=f["c"] * f["oh"] * f["ow"])
-    return Cost(ceil_div(reads, config.vector_lanes), traffic=traffic)
+    cycles = ceil_div(reads, config.vector_lanes)
+    return Cost(cycles, cycles, traffic=traffic)
 
 
 _COSTS = {

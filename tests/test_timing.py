@@ -5,65 +5,38 @@ waits, traffic and energy, per-layer rows, the trace, and the roofline as a lowe
 from __future__ import annotations
 
 import json
-import textwrap
-from collections.abc import Sequence
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from timed import FAST, OS, conv_line, timed
 
-from dopant.backend.asm import parse_assembly
-from dopant.backend.presets import preset
 from dopant.backend.target import AccelConfig
-from dopant.runtime.program import LayerRange, Program
+from dopant.runtime.program import LayerRange
 from dopant.runtime.simulator import SimulationError
-from dopant.runtime.stats import RunStats
-
-# 8 x 8 array, 8 DRAM bytes per cycle, 8 vector lanes, 200 MHz; latency cut to 10 cycles.
-FAST = preset("small8").with_changes(dram_latency_cycles=10)
-OS = FAST.with_changes(dataflow="os")
-
-
-def timed(text: str, config: AccelConfig = FAST, layers: Sequence[LayerRange] = ()) -> RunStats:
-    code = tuple(parse_assembly(textwrap.dedent(text)))
-    program = Program(
-        config_hash=config.stable_hash(),
-        config=config.to_dict(),
-        instructions=code,
-        segments=(),
-        inputs=(),
-        outputs=(),
-        layers=tuple(layers),
-        dram_bytes=1 << 20,
-    )
-    return program.stats
-
-
-def conv_line(w_bits: int = 8, a_bits: int = 8, **extra: int) -> str:
-    """The running example: 3 x 6 x 7 input, 10 filters of 3 x 3, 4 x 5 outputs, so
-    M = 4 * 5 = 20, K = 3 * 3 * 3 = 27, N = 10, and 5400 MACs."""
-    fields = dict(c_in=3, ih=6, iw=7, n=10, groups=1, kh=3, kw=3, stride_h=1, stride_w=1)
-    fields |= dict(dil_h=1, dil_w=1, oh=4, ow=5, w_bits=w_bits, a_bits=a_bits) | extra
-    return "conv " + " ".join(f"{k}={v}" for k, v in fields.items())
 
 
 def test_dram_latency_pipelines_but_the_channel_is_shared_by_load_and_store() -> None:
     stats = timed("""
-        load d=1 h=4 w=16 bits=8 signed=1
+        load d=1 h=4 w=16 sh=16 sw=1 bits=8 signed=1
         store dram=4096 d=1 h=1 w=32 sw=1 bits=8 signed=1
-        load d=1 h=1 w=8 bits=8 signed=1
+        load d=1 h=1 w=8 sw=1 bits=8 signed=1
     """)
     # 0 load, 64 B: holds the channel 64 / 8 = 8 cycles, done at 10 + 8 = 18.
     # 1 store, 32 B, ready at 0: the channel is busy until 8, so it starts at 8 (8 cycles of
     #   dram_wait) and is done at 8 + 10 + 32 / 8 = 22.
-    # 2 load, 8 B: its engine is free at 18 (the channel since 12): 18 + 10 + 1 = 29.
-    assert [(s.start_cycle, s.end_cycle) for s in stats.slots] == [(0, 18), (8, 22), (18, 29)]
-    assert stats.total_cycles == 29
+    # 2 load, 8 B: its engine may start it at 8, with 0 in flight (4 allowed), but at 8 the
+    #   store, earlier in the program, takes the channel until 12 (4 cycles of dram_wait):
+    #   12 + 10 + 1 = 23, after 0's 18 (completions in program order).
+    assert [(s.start_cycle, s.end_cycle) for s in stats.slots] == [(0, 18), (8, 22), (12, 23)]
+    assert stats.total_cycles == 23
     load, store = stats.engines["load"], stats.engines["store"]
+    # The load engine is busy while a load is in flight: 0 .. 18 and 12 .. 23, 23 cycles.
     assert (load.instructions, load.busy_cycles, load.stall_cycles) == (
         2,
-        29,
-        {"token_wait": 0, "dram_wait": 0},
+        23,
+        {"token_wait": 0, "dram_wait": 4},
     )
     assert (store.busy_cycles, store.stall_cycles) == (14, {"token_wait": 0, "dram_wait": 8})
     # Roofline: no MACs; (64 + 32 + 8) B / 8 = 13 cycles of channel time.
@@ -184,12 +157,13 @@ def test_vector_instructions_take_their_elements_over_the_lanes() -> None:
 
 
 def test_sub_byte_data_moves_packed() -> None:
-    # 64 four-bit elements are 32 B: 4 channel cycles; 64 two-bit elements 16 B: 2.
+    # 64 four-bit elements are 32 B: 4 channel cycles; 64 two-bit elements 16 B: 2, started
+    # when the first one's transfer is over (the DMA keeps several in flight): 4 + 10 + 2.
     stats = timed("""
         load d=1 h=1 w=64 sw=1 bits=4
         load d=1 h=1 w=64 sw=1 bits=2
     """)
-    assert [(s.start_cycle, s.end_cycle) for s in stats.slots] == [(0, 14), (14, 26)]
+    assert [(s.start_cycle, s.end_cycle) for s in stats.slots] == [(0, 14), (4, 16)]
     assert stats.traffic_bytes["dram_read_bytes"] == 48
     assert stats.traffic_bytes["sp_write_bytes"] == 128  # one element per scratchpad byte
 
@@ -279,6 +253,7 @@ def conv_programs(draw: st.DrawFn) -> tuple[str, AccelConfig]:
         dram_bytes_per_cycle=draw(st.sampled_from([1, 4, 16, 64])),
         dram_latency_cycles=draw(st.sampled_from([0, 7, 100])),
         vector_lanes=draw(st.sampled_from([1, 8, 32])),
+        dma_outstanding_requests=draw(st.sampled_from([1, 2, 16])),
         scratchpad_kib=256,
         accumulator_kib=64,
     )
@@ -292,8 +267,8 @@ def conv_programs(draw: st.DrawFn) -> tuple[str, AccelConfig]:
         w_bits, a_bits = draw(st.sampled_from([2, 4, 8])), draw(st.sampled_from([2, 4, 8]))
         weights = n * (c_in // groups) * kh * kw
         lines += [
-            f"load d={c_in} h={ih} w={iw} bits={a_bits} signal=0b1",
-            f"load d={n} h=1 w={weights // n} bits={w_bits} signal=0b10",
+            f"load d={c_in} h={ih} w={iw} sd={ih * iw} sh={iw} sw=1 bits={a_bits} signal=0b1",
+            f"load d={n} h=1 w={weights // n} sd={weights // n} sw=1 bits={w_bits} signal=0b10",
             f"conv wait=0b11 c_in={c_in} ih={ih} iw={iw} n={n} groups={groups} kh={kh} kw={kw} "
             f"stride_h={stride} stride_w={stride} dil_h=1 dil_w=1 oh={oh} ow={ow} "
             f"w_bits={w_bits} a_bits={a_bits} signal=0b100",
@@ -304,7 +279,9 @@ def conv_programs(draw: st.DrawFn) -> tuple[str, AccelConfig]:
 
 @settings(max_examples=150, deadline=None)
 @given(conv_programs())
-def test_simulated_cycles_never_beat_the_roofline(case: tuple[str, AccelConfig]) -> None:
+def test_simulated_cycles_never_beat_the_roofline_and_engines_complete_in_order(
+    case: tuple[str, AccelConfig],
+) -> None:
     text, config = case
     tiles = (text.count("\n") + 1) // 4
     layers = [LayerRange(f"tile{i}", 4 * i, 4 * i + 4) for i in range(tiles)]
@@ -314,6 +291,14 @@ def test_simulated_cycles_never_beat_the_roofline(case: tuple[str, AccelConfig])
         assert row.roofline_cycles <= row.cycles and row.utilization <= 1
     for engine in stats.engines.values():
         assert engine.busy_cycles <= stats.total_cycles
+    # Each engine completes in program order, with at most k DMAs (else 1) in flight at once.
+    for engine in ("load", "compute", "store"):
+        slots = [s for s in stats.slots if s.engine == engine]
+        assert all(a.end_cycle <= b.end_cycle for a, b in pairwise(slots))
+        limit = config.dma_outstanding_requests if engine != "compute" else 1
+        for slot in slots:
+            in_flight = [s for s in slots if s.start_cycle <= slot.start_cycle < s.end_cycle]
+            assert len(in_flight) <= limit and slot.lane < limit
 
 
 def test_overlapping_layers_are_charged_only_what_they_add_to_the_run() -> None:

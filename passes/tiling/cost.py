@@ -4,9 +4,14 @@ formulas (`backend.costs.instruction_cost`), summed per engine and for the DRAM 
 A layer is software pipelined through double buffers, so in steady state the busiest resource
 sets the pace: estimated cycles = max(load engine after the first tile's loads, compute or vector
 engine, store engine before the last store, DRAM channel) + first tile's loads + last store.
-Every load and store costs its DRAM latency on its engine (the engine waits for completion), so
-fewer, larger tiles win until the array's fold quantization or a buffer's size says otherwise.
-Only tile shapes that occur are costed (full tiles and the shorter last ones), each once.
+An engine is charged the timing model's rule for it: a compute or vector instruction its
+cycles, a DMA its share with `dma_outstanding_requests` in flight (`costs.engine_share`:
+max(S, (L + S) / k), its transfer and its part of a latency that k of them overlap); the first
+tile's loads, which nothing overlaps, take the time the rule gives them back to back
+(`costs.dma_run_cycles`: about L + their transfers), the last store its own cycles. With
+latency to hide and few DMAs in flight, fewer, larger tiles win until the array's fold
+quantization or a buffer's size says otherwise. Only tile shapes that occur are costed (full
+tiles and the shorter last ones), each once.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from dopant.backend.costs import instruction_cost
+from dopant.backend.costs import Cost, dma_run_cycles, engine_share, instruction_cost
 from dopant.backend.target import AccelConfig
 from dopant.dialects.isa import BY_MNEMONIC, Instruction
 from dopant.passes.tiling import conv as tc
@@ -24,10 +29,9 @@ from dopant.passes.tiling.plan import ConvPlan, ConvShape, VectorPlan
 
 
 @lru_cache(maxsize=1 << 16)
-def _cost(config: AccelConfig, op: str, items: tuple[tuple[str, int], ...]) -> tuple[int, int]:
-    """(engine cycles, channel cycles) of one instruction; IsaError if a field does not fit."""
-    cost = instruction_cost(Instruction.make(op, **dict(items)), config)
-    return cost.cycles, cost.channel_cycles
+def _cost(config: AccelConfig, op: str, items: tuple[tuple[str, int], ...]) -> Cost:
+    """One instruction's cost; IsaError if a field does not fit."""
+    return instruction_cost(Instruction.make(op, **dict(items)), config)
 
 
 @dataclass
@@ -39,26 +43,42 @@ class Estimate:
     channel: int = 0
     instructions: int = 0
     first: int = 0  # the first tile's loads: nothing overlaps them
+    first_share: int = 0  # what they add to the load engine's busy cycles
     last: int = 0  # the last store: nothing overlaps it
+    last_share: int = 0
 
-    def add(self, op: str, fields: tc.Fields, count: int = 1) -> int:
-        """Count `count` instructions like this one; returns one's cycles."""
-        cycles, channel = _cost(self.config, op, tuple(sorted(fields.items())))
+    def cost(self, op: str, fields: tc.Fields) -> Cost:
+        return _cost(self.config, op, tuple(sorted(fields.items())))
+
+    def share(self, cost: Cost) -> int:
+        return engine_share(cost, self.config.dma_outstanding_requests)
+
+    def add(self, op: str, fields: tc.Fields, count: int = 1) -> Cost:
+        """Count `count` instructions like this one; returns one's cost."""
+        cost = self.cost(op, fields)
         engine = BY_MNEMONIC[op].engine
-        self.busy[engine] = self.busy.get(engine, 0) + cycles * count
-        self.channel += channel * count
+        self.busy[engine] = self.busy.get(engine, 0) + self.share(cost) * count
+        self.channel += cost.channel_cycles * count
         self.instructions += count
-        return cycles
+        return cost
+
+    def first_loads(self, costs: list[Cost]) -> None:
+        """The loads the first compute instruction waits for, issued back to back."""
+        self.first = dma_run_cycles(costs, self.config.dma_outstanding_requests)
+        self.first_share = sum(self.share(cost) for cost in costs)
+
+    def last_store(self, cost: Cost) -> None:
+        self.last, self.last_share = cost.cycles, self.share(cost)
 
     @property
     def cycles(self) -> int:
         busy = self.busy
         return (
             max(
-                busy.get("load", 0) - self.first,
+                busy.get("load", 0) - self.first_share,
                 busy.get("compute", 0),
                 busy.get("vector", 0),
-                busy.get("store", 0) - self.last,
+                busy.get("store", 0) - self.last_share,
                 self.channel,
             )
             + self.first
@@ -104,9 +124,9 @@ def conv_estimate(shape: ConvShape, plan: ConvPlan, config: AccelConfig) -> Esti
     if inputs_shared:
         for rs, r_count in rows:
             est.add("load", tc.input_load(shape, _tile(plan.n, rs, shape.c), 0, 0), r_count)
-    est.first = _first_loads(shape, plan, est)
+    est.first_loads(_first_loads(shape, plan, est))
     t = _tile(plan.n, plan.rows, plan.c)
-    est.last = est.add("store_acc", tc.store_acc(shape, t, (0, 0), 0, (0, 0, 0)), 0)
+    est.last_store(est.cost("store_acc", tc.store_acc(shape, t, (0, 0), 0, (0, 0, 0))))
     return est
 
 
@@ -114,14 +134,14 @@ def _tile(ns: int, rs: int, cs: int) -> tc.ConvTile:
     return tc.ConvTile(0, ns, 0, rs, 0, cs)
 
 
-def _first_loads(shape: ConvShape, plan: ConvPlan, est: Estimate) -> int:
-    """Cycles of the loads the first conv waits for."""
+def _first_loads(shape: ConvShape, plan: ConvPlan, est: Estimate) -> list[Cost]:
+    """The loads the first conv waits for, in the lowering's order."""
     t = _tile(plan.n, plan.rows, shape.tile_channels(plan.n, plan.c))
-    loads = [tc.input_load(shape, t, 0, 0), tc.weight_load(shape, t, 0, 0)]
-    loads.append(tc.params_load(shape, t, 0, 0))
+    loads = [tc.weight_load(shape, t, 0, 0), tc.params_load(shape, t, 0, 0)]
     if shape.has_bias:
         loads.append(tc.bias_load(shape, t, 0, 0))
-    return sum(est.add("load", f, 0) for f in loads)
+    loads.append(tc.input_load(shape, t, 0, 0))
+    return [est.cost("load", f) for f in loads]
 
 
 def vector_estimate(
@@ -133,7 +153,9 @@ def vector_estimate(
         plane = tv.Plane(0, (shape.c, shape.h, shape.w), shape.x)
         out = tv.Plane(0, (shape.c, shape.oh, shape.ow), shape.out)
         params = (
-            est.add("load", tv.params_load(shape.kind, 0, 0)) if tv.param_words(shape.kind) else 0
+            [est.add("load", tv.params_load(shape.kind, 0, 0))]
+            if tv.param_words(shape.kind)
+            else []
         )
         c_step, r_step = min(plan.c, shape.c), min(plan.rows, shape.oh)
         for cs, c_count in sizes(shape.c, c_step):
@@ -142,11 +164,13 @@ def vector_estimate(
                 rows = tv.RowSpan(0, shape.in_rows(rs), 0, 0)
                 est.add("load", tv.load(plane, 0, cs, rows, 0), count * shape.operands)
                 _vector_op(est, shape, cs, rows, rs, count)
-                est.last = est.add("store", tv.store(out, (cs, rs, shape.ow), (0, 0), 0), count)
+                est.last_store(
+                    est.add("store", tv.store(out, (cs, rs, shape.ow), (0, 0), 0), count)
+                )
         if index == 0:
             rows = tv.RowSpan(0, shape.in_rows(r_step), 0, 0)
-            first = est.add("load", tv.load(plane, 0, c_step, rows, 0), 0)
-            est.first = params + first * shape.operands
+            first = est.cost("load", tv.load(plane, 0, c_step, rows, 0))
+            est.first_loads(params + [first] * shape.operands)
     return est
 
 

@@ -1,0 +1,77 @@
+"""The machine model's corrections (the issue's item 8), each worked by hand in its comments:
+DMA engines keep several requests in flight."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import pytest
+from timed import FAST, timed
+
+from dopant.backend.asm import parse_assembly
+from dopant.backend.costs import dma_run_cycles, engine_share, instruction_cost
+
+LOAD = "load d=1 h=1 w=64 sw=1 bits=8"  # 64 B: 8 channel cycles, 10 + 8 = 18 to complete
+STORE = "store dram=4096 d=1 h=1 w=64 sw=1 bits=8"  # the same for the store engine
+
+
+@pytest.mark.parametrize(
+    ("line", "outstanding", "ends"),
+    [
+        # One at a time, each pays the latency: sum(L + channel) = 4 * 18 = 72.
+        (LOAD, 1, [18, 36, 54, 72]),
+        # Two in flight: the third waits for the first to complete at 18, the fourth for the
+        # second at 26: starts 0, 8, 18, 26.
+        (LOAD, 2, [18, 26, 36, 44]),
+        # Four in flight: starts 0, 8, 16, 24 as the channel frees: L + sum(channel) = 10 + 32.
+        (LOAD, 4, [18, 26, 34, 42]),
+        (STORE, 2, [18, 26, 36, 44]),
+    ],
+)
+def test_a_dma_engine_keeps_several_requests_in_flight(
+    line: str, outstanding: int, ends: list[int]
+) -> None:
+    config = FAST.with_changes(dma_outstanding_requests=outstanding)
+    stats = timed("\n".join([line] * 4), config)
+    assert [s.end_cycle for s in stats.slots] == ends
+    engine = stats.engines[stats.slots[0].engine]
+    # Busy from 0 to the last completion, with no stall: a full engine is busy, not stalled.
+    assert engine.busy_cycles == ends[-1] == stats.total_cycles
+    assert engine.stall_cycles == {"token_wait": 0, "dram_wait": 0}
+    # The tiler's cost model follows the same rule: the chain, and a DMA's share of its engine
+    # in a long run, max(S, (L + S) / k) = max(8, 18 / k).
+    (instruction,) = parse_assembly(line)
+    cost = instruction_cost(instruction, config)
+    assert dma_run_cycles([cost] * 4, outstanding) == ends[-1]
+    assert engine_share(cost, outstanding) == max(8, -(-18 // outstanding))
+    # The trace draws each DMA in flight on a track of its own, so no track overlaps itself:
+    # k tracks, but 3 at most, as 18-cycle DMAs started 8 cycles apart overlap 3 at a time.
+    events = [e for e in stats.chrome_trace()["traceEvents"] if e["ph"] == "X"]
+    tracks = {e["tid"] for e in events}
+    assert len(tracks) == min(outstanding, 3)
+    for tid in tracks:
+        spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e["tid"] == tid)
+        assert all(a[1] <= b[0] + 1e-9 for a, b in pairwise(spans))
+
+
+def test_an_engine_with_a_dma_in_flight_can_also_stall() -> None:
+    text = """
+        load d=1 h=1 w=64 sw=1 bits=8
+        vadd count=80 signal=0b1
+        load wait=0b1 d=1 h=1 w=8 sw=1 bits=8
+    """
+    # 0 holds the channel 0 .. 8 and completes at 18; the vadd takes 80 / 8 = 10 cycles and
+    # signals at 10. With 4 in flight the load engine could start 2 at 8, but its token comes
+    # at 10 (2 cycles of token_wait while 0 is in flight): 10 + 10 + 1 = 21. Busy: 0 .. 18 and
+    # 10 .. 21 overlap, 21 cycles.
+    stats = timed(text)
+    assert [(s.start_cycle, s.end_cycle) for s in stats.slots][2] == (10, 21)
+    load = stats.engines["load"]
+    assert (load.busy_cycles, load.stall_cycles["token_wait"]) == (21, 2)
+    # One at a time, 2 starts when 0 completes at 18, its token long there: 18 + 11 = 29.
+    stats = timed(text, FAST.with_changes(dma_outstanding_requests=1))
+    assert [(s.start_cycle, s.end_cycle) for s in stats.slots][2] == (18, 29)
+    assert (stats.engines["load"].busy_cycles, stats.engines["load"].stall_cycles) == (
+        29,
+        {"token_wait": 0, "dram_wait": 0},
+    )
