@@ -5,13 +5,17 @@ No values are computed or read here (the timing model never looks at data). The 
 R x C the array (`rows` x `cols`), bw = `dram_bytes_per_cycle`, L = `dram_latency_cycles`,
 V = `vector_lanes`, and ceil(a / b) written a /^ b:
 
-- load / store / store_acc (DMA): B = program.moved_bytes(d*h*w, bits) bytes cross the channel
-  (sub-byte data travels packed; a load counts its whole block, padding included). The channel
-  is held B /^ bw cycles from the start. The engine's data path is held S = max(B /^ bw,
-  local) cycles, local being what the on-chip side takes: store_acc's requantizer streams V
-  elements a cycle, d*h*w /^ V; other DMAs 0 (the channel is the slower side). The
-  instruction completes L + S after its start (its data arrives, or its writes are
-  acknowledged, L later).
+- load / store / store_acc (DMA): B bytes cross the channel. A store moves its block,
+  B = program.moved_bytes(d*h*w, bits) (sub-byte data travels packed); a load reads each
+  distinct DRAM word once: a dimension with stride 0 (a broadcast, such as a conv's bias over
+  its rows and columns) is read once, B = moved_bytes(d'*h'*w', bits) with d' = d if sd else 1
+  (h', w' likewise; a load's padding is counted in its block). The channel is held B /^ bw
+  cycles from the start. The engine's data path is held S = max(B /^ bw, local) cycles, local
+  being what the on-chip side takes: a load into the accumulator writes all d*h*w words at one
+  array row of C words a cycle (`accumulator_write_words_per_cycle`), so local = d*h*w /^ C (a
+  bias broadcast is channel-cheap but not free); store_acc's requantizer takes d*h*w /^ V; a
+  load into the scratchpad or a store, 0 (the channel is the slower side). The instruction
+  completes L + S after its start (its data arrives, or its writes are acknowledged, L later).
 - DMA in flight (k = `dma_outstanding_requests`): the load or store engine may start its next
   DMA once the previous one's S cycles are over (its data path is free), the channel is free,
   and fewer than k of its own are in flight; it completes L + S after its start, so after the
@@ -33,7 +37,7 @@ V = `vector_lanes`, and ceil(a / b) written a /^ b:
 - vadd / vrequant: count /^ V; vpool: c*oh*ow*kh*kw /^ V (every window element is one lane-op).
 
 Bytes per memory level (what `RunStats` adds up and prices with the config's pJ/byte):
-- DRAM: B above, read by loads, written by stores and store_acc.
+- DRAM: B above, read by loads (a broadcast's distinct words), written by stores and store_acc.
 - scratchpad (one element per byte address): loads write d*h*w; stores read d*h*w; conv reads
   its weights once per pass over them and its activations as the array consumes them, im2col
   windows formed on the fly with no line buffer (each input element is read once per window it
@@ -45,7 +49,8 @@ Bytes per memory level (what `RunStats` adds up and prices with the config's pJ/
   back for every fold after the first (read-modify-write), plus once more when `accumulate`;
   an OS conv keeps outputs in the PEs, so it writes them once and reads them only when
   `accumulate`. store_acc reads its block and its 2*d parameter words; loads to acc write d*h*w
-  words; vadd/vrequant read their 4/2 parameter words.
+  words (a broadcast replicates its words on chip); vadd/vrequant read their 4/2 parameter
+  words.
 - MAC energy: MACs * mac_energy_pj * (w_bits * a_bits) / 64: a w x a product uses
   (w/2)*(a/2) of a PE's sixteen 2-bit bricks (BitFusion), and mac_energy_pj is the 8x8 MAC's.
 """
@@ -137,13 +142,16 @@ def _dma(size: int, config: AccelConfig, local_cycles: int, traffic: Traffic) ->
 
 def _load(f: Fields, config: AccelConfig) -> Cost:
     count = f["d"] * f["h"] * f["w"]
-    size = moved_bytes(count, f["bits"])
-    local = (
-        Traffic(acc_write_bytes=ACC_WORD_BYTES * count)
-        if f["to_acc"]
-        else Traffic(sp_write_bytes=count)
-    )
-    return _dma(size, config, 0, Traffic(dram_read_bytes=size) + local)
+    # A stride-0 dimension broadcasts: its words cross the channel once.
+    distinct = 1
+    for extent, stride in ((f["d"], f["sd"]), (f["h"], f["sh"]), (f["w"], f["sw"])):
+        distinct *= extent if stride else 1
+    size = moved_bytes(distinct, f["bits"])
+    if f["to_acc"]:
+        local = Traffic(acc_write_bytes=ACC_WORD_BYTES * count)
+        fill = ceil_div(count, config.accumulator_write_words_per_cycle)
+        return _dma(size, config, fill, Traffic(dram_read_bytes=size) + local)
+    return _dma(size, config, 0, Traffic(dram_read_bytes=size, sp_write_bytes=count))
 
 
 def _store(f: Fields, config: AccelConfig) -> Cost:

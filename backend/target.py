@@ -5,6 +5,10 @@ systolic array of 8-bit PEs built from 2-bit BitFusion bricks (Sharma et al., IS
 PE does (8 / w_bits) * (8 / a_bits) multiply-accumulates per cycle; a scratchpad for int8
 operands and an int32 accumulator memory on chip; one DRAM channel; a vector unit for
 requantization, residual adds and pooling. No xDSL here: the simulator imports this module.
+
+An on-chip rate that follows from the array (no field of its own): the accumulator takes one
+array row of `cols` int32 words per cycle, the width the array drains into it (Gemmini's
+accumulator rows are DIM words wide: a mvin to it writes one row a cycle).
 """
 
 from __future__ import annotations
@@ -169,6 +173,11 @@ class AccelConfig:
         """Peak multiply-accumulates per cycle of the array at these widths."""
         fa, fw = self.fusion(w_bits, a_bits)
         return self.rows * self.cols * fa * fw
+
+    @property
+    def accumulator_write_words_per_cycle(self) -> int:
+        """int32 words a load writes into the accumulator per cycle: one array row."""
+        return self.cols
 
     def cycles_to_seconds(self, cycles: float) -> float:
         return cycles / (self.clock_mhz * 1e6)
