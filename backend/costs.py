@@ -24,13 +24,27 @@ V = `vector_lanes`, and ceil(a / b) written a /^ b:
   e_j = s_j + L + S, a steady period p gives p = S or k p = L + S. `engine_share` is that p
   (rounded up), what the tiler charges an engine per DMA; k = 1 gives L + S, one at a time.
 - conv, per group (groups run one after another), with M = oh*ow, K = (c_in/groups)*kh*kw,
-  N = n/groups and (fa, fw) = config.fusion(w_bits, a_bits) (BitFusion):
-  weight stationary: folds = K /^ (R*fa) * N /^ (C*fw); each fold's weights preload in R cycles,
-  double-buffered behind the previous fold's stream, so cycles = R (first preload) +
-  folds * max(M, R) + (R + C - 2) (skew and drain of the last fold);
-  output stationary: folds = M /^ R * N /^ C; K streams in T = K /^ (fa*fw) cycles per fold and
-  the previous fold's outputs drain under it, so cycles = folds * max(T, R) + (R + C - 2) + R
-  (skew, then the final drain).
+  N = n/groups and (fa, fw) = config.fusion(w_bits, a_bits) (BitFusion). The array's input
+  bandwidth: one lane per row (activations) and per column (weights), each carrying 8 bits a
+  cycle (`edge_lane_bits_per_cycle`), R + C bytes a cycle, that is R*fa activations and C*fw
+  weights a cycle, sub-byte operands packed (the width of the 8-bit PE's operands: at w8a8
+  both dataflows take one element per lane a cycle). The scratchpad keeps one element per
+  byte address; its banks are taken to keep the lanes full, so the lanes are the bound here.
+  weight stationary: folds = K /^ (R*fa) * N /^ (C*fw); PE (r, c) holds fa x fw weights and
+  takes its row's fa activations (8 bits) a cycle, so the stream of M rows never waits for the
+  edge. A fold's (R*fa) x (C*fw) weights enter through the column lanes: R*fa*fw weights of
+  w_bits = 8*R*fa bits per column, so the preload takes P = R*fa cycles (R at a8),
+  double-buffered behind the previous fold's stream, so cycles = P (first preload) +
+  folds * max(M, P) + (R + C - 2) (skew and drain of the last fold);
+  output stationary: folds = M /^ R * N /^ C, PE (r, c) holding output (m, n) and doing
+  fa*fw of its K products a cycle, so K /^ (fa*fw) cycles per fold if the edge keeps up; but
+  row r then needs fa*fw activations (8*fw bits) and column c fa*fw weights (8*fa bits) a
+  cycle from their 8-bit lanes, so the stream takes
+  T = max(K /^ (fa*fw), K*a_bits /^ 8, K*w_bits /^ 8) = K /^ min(fa, fw) cycles: w8a2
+  (fa = 4, fw = 1) has its column lanes carry one 8-bit weight a cycle, T = K, no faster than
+  w8a8; w4a4 K /^ 2; w2a2 K /^ 4 against the K /^ 16 the PEs could do. The previous fold's
+  outputs drain under the stream, so cycles = folds * max(T, R) + (R + C - 2) + R (skew,
+  then the final drain).
   `fold_model_cycles` is SCALE-Sim's per-fold model (Samajdar et al., ISPASS 2020): each fold
   costs 2R + C + T - 2 with T = M (WS) or K /^ (fa*fw) (OS), nothing overlapped.
   `compute_bound_cycles` = MACs / (R*C*fa*fw), the array at its peak.
@@ -173,10 +187,13 @@ def _conv(f: Fields, config: AccelConfig) -> Cost:
     m, k, n = f["oh"] * f["ow"], (f["c_in"] // groups) * f["kh"] * f["kw"], f["n"] // groups
     fa, fw = config.fusion(f["w_bits"], f["a_bits"])
     outputs_bytes = ACC_WORD_BYTES * m * n
+    lane = config.edge_lane_bits_per_cycle
     if config.dataflow == "ws":
         k_folds, n_folds = ceil_div(k, rows * fa), ceil_div(n, cols * fw)
         folds = k_folds * n_folds
-        cycles = rows + folds * max(m, rows) + (rows + cols - 2)
+        # A column lane carries the fold's rows * fa * fw weights of its column.
+        preload = ceil_div(rows * fa * fw * f["w_bits"], lane)
+        cycles = preload + folds * max(m, preload) + (rows + cols - 2)
         fold_model = folds * (2 * rows + cols + m - 2)
         sp_read = k * n + m * k * n_folds
         acc_write = outputs_bytes * k_folds
@@ -184,7 +201,9 @@ def _conv(f: Fields, config: AccelConfig) -> Cost:
     else:
         stream = ceil_div(k, fa * fw)
         folds = ceil_div(m, rows) * ceil_div(n, cols)
-        cycles = folds * max(stream, rows) + (rows + cols - 2) + rows
+        # Row and column lanes carry a fold's K activations and K weights.
+        fed = max(stream, ceil_div(k * f["a_bits"], lane), ceil_div(k * f["w_bits"], lane))
+        cycles = folds * max(fed, rows) + (rows + cols - 2) + rows
         fold_model = folds * (2 * rows + cols + stream - 2)
         sp_read = k * n * ceil_div(m, rows) + m * k * ceil_div(n, cols)
         acc_write, acc_read = outputs_bytes, outputs_bytes * f["accumulate"]

@@ -6,9 +6,11 @@ PE does (8 / w_bits) * (8 / a_bits) multiply-accumulates per cycle; a scratchpad
 operands and an int32 accumulator memory on chip; one DRAM channel; a vector unit for
 requantization, residual adds and pooling. No xDSL here: the simulator imports this module.
 
-An on-chip rate that follows from the array (no field of its own): the accumulator takes one
-array row of `cols` int32 words per cycle, the width the array drains into it (Gemmini's
-accumulator rows are DIM words wide: a mvin to it writes one row a cycle).
+On-chip rates that follow from the array (no field of their own): the array's edge is one 8-bit
+lane per row (activations) and per column (weights), the operand width of the 8-bit PE that
+BitFusion fuses, with sub-byte operands packed 8 / bits to a lane, as the DMA moves them; and
+the accumulator takes one array row of `cols` int32 words per cycle, the width the array drains
+into it (Gemmini's accumulator rows are DIM words wide: a mvin to it writes one row a cycle).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 from dopant.support.errors import DopantError
 
 DATAFLOWS = ("ws", "os")  # weight stationary, output stationary (Samajdar et al., SCALE-Sim)
+PE_OPERAND_BITS = 8  # a PE multiplies 8-bit operands; narrower ones fuse into it (BitFusion)
 
 
 class ConfigError(DopantError):
@@ -167,12 +170,17 @@ class AccelConfig:
                 f"'{self.name}' does not fuse to w{w_bits}a{a_bits}; it supports "
                 f"weights {self.weight_bits} and activations {self.act_bits}"
             )
-        return 8 // a_bits, 8 // w_bits
+        return PE_OPERAND_BITS // a_bits, PE_OPERAND_BITS // w_bits
 
     def macs_per_cycle(self, w_bits: int = 8, a_bits: int = 8) -> int:
         """Peak multiply-accumulates per cycle of the array at these widths."""
         fa, fw = self.fusion(w_bits, a_bits)
         return self.rows * self.cols * fa * fw
+
+    @property
+    def edge_lane_bits_per_cycle(self) -> int:
+        """Bits one array edge lane (a row's activations, a column's weights) carries a cycle."""
+        return PE_OPERAND_BITS
 
     @property
     def accumulator_write_words_per_cycle(self) -> int:

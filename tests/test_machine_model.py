@@ -1,12 +1,13 @@
 """The machine model's corrections (the issue's item 8), each worked by hand in its comments:
-a broadcast load reads its distinct words once, DMA engines keep several requests in flight."""
+a broadcast load reads its distinct words once, DMA engines keep several requests in flight,
+a bit-fused array's edge bounds its stream."""
 
 from __future__ import annotations
 
 from itertools import pairwise
 
 import pytest
-from timed import FAST, timed
+from timed import FAST, OS, timed
 
 from dopant.backend.asm import parse_assembly
 from dopant.backend.costs import dma_run_cycles, engine_share, instruction_cost
@@ -99,3 +100,32 @@ def test_an_engine_with_a_dma_in_flight_can_also_stall() -> None:
         29,
         {"token_wait": 0, "dram_wait": 0},
     )
+
+
+# A matrix-vector-like 1 x 1 conv: 64 input channels, 8 outputs of 1 x 8: M = 8, K = 64, N = 8,
+# one fold on 8 x 8. Output stationary, each PE holds one output and takes fa * fw of its K
+# products a cycle, so row lanes must bring fa * fw activations and column lanes fa * fw
+# weights a cycle, over 8-bit lanes.
+FC = "conv c_in=64 ih=1 iw=8 n=8 groups=1 kh=1 kw=1 stride_h=1 stride_w=1 dil_h=1 dil_w=1 oh=1 ow=8"
+
+
+@pytest.mark.parametrize(
+    ("w_bits", "a_bits", "cycles"),
+    [
+        # w8a8: T = 64: 64 + (8 + 8 - 2) + 8 = 86.
+        (8, 8, 86),
+        # w8a2: the PEs could take K in 64 / 4 = 16 cycles (16 + 22 = 38 before this check), but
+        # a column lane carries one 8-bit weight a cycle: T = 64, 86, no faster than w8a8.
+        (8, 2, 86),
+        # w2a8: a row lane carries one 8-bit activation a cycle: T = 64 as well.
+        (2, 8, 86),
+        # w2a2: 16 MACs a PE (64 / 16 = 4 cycles, under the 8-row drain: 30 before), 4 two-bit
+        # operands a lane a cycle: T = 64 / 4 = 16: 16 + 22 = 38.
+        (2, 2, 38),
+    ],
+)
+def test_a_bit_fused_output_stationary_stream_is_bound_by_the_array_edge(
+    w_bits: int, a_bits: int, cycles: int
+) -> None:
+    stats = timed(f"{FC} w_bits={w_bits} a_bits={a_bits}", OS)
+    assert stats.total_cycles == cycles

@@ -91,20 +91,33 @@ def test_a_token_wait_delays_the_consumer_and_is_counted_by_layer() -> None:
 
 
 # (config, w_bits, a_bits, cycles, fold model, compute bound), all for the running example.
+# The array's edge carries 8 bits per row (activations) and per column (weights) a cycle.
 CONVS = [
     # WS w8a8: 4 K folds x 2 N folds = 8: 8 + 8 * 20 + 14 = 182; SCALE-Sim 8 * (16 + 8 + 20 - 2).
     (FAST, 8, 8, 182, 8 * 42, 5400 / 64),
-    # WS w4a4: fa = fw = 2: K folds ceil(27 / 16) = 2, N folds ceil(10 / 16) = 1: 8 + 2 * 20 + 14.
-    (FAST, 4, 4, 62, 2 * 42, 5400 / 256),
-    # WS w2a8: fa = 1, fw = 4: K folds 4, N folds ceil(10 / 32) = 1: 8 + 4 * 20 + 14 = 102.
+    # WS w4a4: fa = fw = 2: K folds ceil(27 / 16) = 2, N folds ceil(10 / 16) = 1; a fold's
+    # 16 x 16 four-bit weights take 16 * 2 * 4 / 8 = 16 cycles down a column: 16 + 2 * 20 + 14.
+    (FAST, 4, 4, 70, 2 * 42, 5400 / 256),
+    # WS w2a8: fa = 1, fw = 4: K folds 4, N folds ceil(10 / 32) = 1; the preload is 8 rows of
+    # 4 two-bit weights, 8 cycles: 8 + 4 * 20 + 14 = 102.
     (FAST, 2, 8, 102, 4 * 42, 5400 / 256),
+    # WS w8a2: fa = 4, fw = 1: K folds ceil(27 / 32) = 1, N folds 2; 32 rows of 8-bit weights
+    # take 32 cycles per column, more than the 20-row stream hides: 32 + 2 * 32 + 14 = 110.
+    (FAST, 8, 2, 110, 2 * 42, 5400 / 256),
     # OS w8a8: M folds ceil(20 / 8) = 3, N folds 2 = 6; K streams 27: 6 * 27 + 14 + 8 = 184;
     # SCALE-Sim 6 * (16 + 8 + 27 - 2).
     (OS, 8, 8, 184, 6 * 49, 5400 / 64),
-    # OS w4a4: K streams ceil(27 / 4) = 7 < 8 rows: 6 * max(7, 8) + 14 + 8 = 70; 6 * (22 + 7).
-    (OS, 4, 4, 70, 6 * 29, 5400 / 256),
-    # OS w2a8: fa * fw = 4 as well: 70.
-    (OS, 2, 8, 70, 6 * 29, 5400 / 256),
+    # OS w4a4: the PEs could take K in ceil(27 / 4) = 7 cycles, but a row lane carries 2
+    # activations and a column lane 2 weights a cycle: ceil(27 / 2) = 14;
+    # 6 * max(14, 8) + 14 + 8 = 106 (SCALE-Sim's fold model, without the edge: 6 * (22 + 7)).
+    (OS, 4, 4, 106, 6 * 29, 5400 / 256),
+    # OS w2a8: fa * fw = 4 as well, but 27 eight-bit activations take 27 cycles per row: 184.
+    (OS, 2, 8, 184, 6 * 29, 5400 / 256),
+    # OS w8a2: 27 eight-bit weights take 27 cycles per column: 184, no faster than w8a8.
+    (OS, 8, 2, 184, 6 * 29, 5400 / 256),
+    # OS w2a2: 16 MACs a PE, ceil(27 / 16) = 2, but 4 per lane a cycle: ceil(27 / 4) = 7 < 8
+    # rows: 6 * 8 + 14 + 8 = 70; SCALE-Sim 6 * (22 + 2).
+    (OS, 2, 2, 70, 6 * 24, 5400 / 1024),
 ]
 
 
