@@ -1,16 +1,18 @@
-"""The machine model's corrections (the issue's item 8), each worked by hand in its comments:
-a broadcast load reads its distinct words once, DMA engines keep several requests in flight,
-a bit-fused array's edge bounds its stream."""
+"""The machine model's corrections (the issue's item 8) and the timing tests item 7 found
+missing, each worked by hand in its comments: a broadcast load reads its distinct words once,
+DMA engines keep several requests in flight, a bit-fused array's edge bounds its stream,
+non-square arrays drain in R + C - 2, and utilization of a memory-bound program."""
 
 from __future__ import annotations
 
 from itertools import pairwise
 
 import pytest
-from timed import FAST, OS, timed
+from timed import FAST, OS, conv_line, timed
 
 from dopant.backend.asm import parse_assembly
 from dopant.backend.costs import dma_run_cycles, engine_share, instruction_cost
+from dopant.runtime.program import LayerRange
 
 # The bias of a tile of the 3 -> 24, 3 x 3, 30 x 30 conv (pad 1) as the tiler cut it on small8
 # before this change: 24 channels x 2 rows x 30 columns of int32, strides (1, 0, 0).
@@ -129,3 +131,43 @@ def test_a_bit_fused_output_stationary_stream_is_bound_by_the_array_edge(
 ) -> None:
     stats = timed(f"{FC} w_bits={w_bits} a_bits={a_bits}", OS)
     assert stats.total_cycles == cycles
+
+
+@pytest.mark.parametrize(
+    ("dataflow", "rows", "cols", "cycles"),
+    [
+        # The running example, M = 20, K = 27, N = 10, w8a8; the drain is R + C - 2 = 18 on
+        # both arrays (R + R - 2 would give 6 and 30).
+        # WS 4 x 16: K folds ceil(27 / 4) = 7, N folds 1: 4 (preload) + 7 * 20 + 18 = 162.
+        ("ws", 4, 16, 162),
+        # WS 16 x 4: K folds ceil(27 / 16) = 2, N folds ceil(10 / 4) = 3: 16 + 6 * 20 + 18 = 154.
+        ("ws", 16, 4, 154),
+        # OS 4 x 16: M folds ceil(20 / 4) = 5, N folds 1, K = 27: 5 * 27 + 18 + 4 = 157.
+        ("os", 4, 16, 157),
+        # OS 16 x 4: M folds ceil(20 / 16) = 2, N folds 3: 6 * 27 + 18 + 16 = 196.
+        ("os", 16, 4, 196),
+    ],
+)
+def test_non_square_arrays_drain_in_rows_plus_cols(
+    dataflow: str, rows: int, cols: int, cycles: int
+) -> None:
+    config = FAST.with_changes(dataflow=dataflow, rows=rows, cols=cols)
+    assert timed(conv_line(), config).total_cycles == cycles
+
+
+def test_utilization_of_a_memory_bound_program_uses_the_memory_bound() -> None:
+    stats = timed(
+        f"""
+        load d=1 h=64 w=64 sh=64 sw=1 bits=8
+        {conv_line()}
+        """,
+        layers=[LayerRange("all", 0, 2)],
+    )
+    # The load: 4096 B, 512 channel cycles, done at 10 + 512 = 522; the conv runs beside it
+    # (no tokens), 182 cycles. Memory bound 4096 / 8 = 512 over 5400 / 64 = 84.375 of compute:
+    # utilization 512 / 522, for the run and for its one layer.
+    assert stats.total_cycles == 522
+    assert (stats.compute_bound_cycles, stats.memory_bound_cycles) == (84.375, 512)
+    assert stats.utilization == 512 / 522
+    (layer,) = stats.layers
+    assert (layer.bound, layer.utilization) == ("memory", 512 / 522)
