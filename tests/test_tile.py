@@ -9,6 +9,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from timed import timed
 
 from dopant.backend.emit import emit_binary
 from dopant.backend.presets import preset
@@ -17,7 +18,7 @@ from dopant.compiler.pipeline import run_pipeline
 from dopant.dialects.accel import InstructionOp
 from dopant.dialects.qnn import Conv2DOp, LinearOp, QnnOp
 from dopant.passes.tiling.conv import ConvBuffers
-from dopant.passes.tiling.cost import conv_estimate, vector_estimate
+from dopant.passes.tiling.cost import Estimate, conv_estimate, vector_estimate
 from dopant.passes.tiling.ops import vector_shapes
 from dopant.passes.tiling.plan import ConvShape, conv_plan, module_target, vector_plan
 from dopant.passes.tiling.vector import VectorBuffers, fitted
@@ -96,6 +97,31 @@ def test_the_cost_model_estimates_the_simulated_cycles() -> None:
     stats = load(emit_binary(module)).run(np.zeros((1, 32, 28, 28), np.float32)).stats
     estimate = plan_of(tiled(conv_net(32, (28, 28), 64), 'target="edge16"'))["cycles"]
     assert abs(stats.total_cycles - estimate) <= 0.1 * stats.total_cycles
+
+
+LOAD = dict(d=1, h=1, w=64, sw=1, bits=8)  # 64 B: 8 channel cycles, 100 + 8 = 108 on small8
+# M = 8, K = 1, N = 1: one fold, 8 (preload) + max(8, 8) + 14 = 30 cycles (weight stationary).
+CONV = dict(c_in=1, ih=1, iw=8, n=1, groups=1, kh=1, kw=1, stride_h=1, stride_w=1, dil_h=1)
+CONV |= dict(dil_w=1, oh=1, ow=8, w_bits=8, a_bits=8)
+
+
+def test_small_tiles_are_paced_by_their_double_buffer() -> None:
+    # Ten tiles, each a load into one of two input buffers and a conv reading it.
+    est = Estimate(preset("small8"))
+    est.add("load", LOAD, 10, ("inputs",))
+    est.add("conv", CONV, 10, ("inputs",))
+    # Engines: the loads share max(8, 108 / 4) = 27 each, 270; the convs 300; the channel 80.
+    # But a tile holds its buffer 108 + 30 = 138 cycles, two at a time: 10 * 138 / 2 = 690.
+    assert (est.busy, est.channel, est.cycles) == ({"load": 270, "compute": 300}, 80, 690)
+    # The timing model agrees to the last conv: load i + 2 waits for conv i, so each pair of
+    # tiles takes 108 + 30 = 138: conv 8 ends at 5 * 138 = 690, conv 9 at 720.
+    lines = ["load d=1 h=1 w=64 sw=1 bits=8 signal=0b1"] * 2
+    conv = " ".join(f"{k}={v}" for k, v in CONV.items())
+    for i in range(10):
+        lines.append(f"conv wait=0b1 {conv}" + (" signal=0b10" if i < 8 else ""))
+        if i < 8:
+            lines.append("load wait=0b10 d=1 h=1 w=64 sw=1 bits=8 signal=0b1")
+    assert timed("\n".join(lines), preset("small8")).total_cycles == 720
 
 
 def test_a_grouped_conv_whose_group_does_not_fit_fails_naming_its_path() -> None:

@@ -8,10 +8,14 @@ An engine is charged the timing model's rule for it: a compute or vector instruc
 cycles, a DMA its share with `dma_outstanding_requests` in flight (`costs.engine_share`:
 max(S, (L + S) / k), its transfer and its part of a latency that k of them overlap); the first
 tile's loads, which nothing overlaps, take the time the rule gives them back to back
-(`costs.dma_run_cycles`: about L + their transfers), the last store its own cycles. With
-latency to hide and few DMAs in flight, fewer, larger tiles win until the array's fold
-quantization or a buffer's size says otherwise. Only tile shapes that occur are costed (full
-tiles and the shorter last ones), each once.
+(`costs.dma_run_cycles`: about L + their transfers), the last store its own cycles.
+
+Overlapped DMAs hide their latency only as far as the double buffers let them: a tile holds a
+slot of a buffer from the start of the load that fills it to the end of its last user (for the
+output buffer: the bias load, the convs, then store_acc; L twice), and each buffer has two
+slots, so the layer takes at least half the sum of the holds on any one buffer. That bound
+joins the max: it is what stops ever smaller tiles once the engines overlap their latency.
+Only tile shapes that occur are costed (full tiles and the shorter last ones), each once.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class Estimate:
     first_share: int = 0  # what they add to the load engine's busy cycles
     last: int = 0  # the last store: nothing overlaps it
     last_share: int = 0
+    holds: dict[str, int] = field(default_factory=dict)  # cycles tiles hold each double buffer
 
     def cost(self, op: str, fields: tc.Fields) -> Cost:
         return _cost(self.config, op, tuple(sorted(fields.items())))
@@ -53,13 +58,18 @@ class Estimate:
     def share(self, cost: Cost) -> int:
         return engine_share(cost, self.config.dma_outstanding_requests)
 
-    def add(self, op: str, fields: tc.Fields, count: int = 1) -> Cost:
-        """Count `count` instructions like this one; returns one's cost."""
+    def add(
+        self, op: str, fields: tc.Fields, count: int = 1, buffers: tuple[str, ...] = ()
+    ) -> Cost:
+        """Count `count` instructions like this one, each holding a slot of the double
+        `buffers` it fills, reads or empties for its whole cycles; returns one's cost."""
         cost = self.cost(op, fields)
         engine = BY_MNEMONIC[op].engine
         self.busy[engine] = self.busy.get(engine, 0) + self.share(cost) * count
         self.channel += cost.channel_cycles * count
         self.instructions += count
+        for buffer in buffers:
+            self.holds[buffer] = self.holds.get(buffer, 0) + cost.cycles * count
         return cost
 
     def first_loads(self, costs: list[Cost]) -> None:
@@ -73,7 +83,7 @@ class Estimate:
     @property
     def cycles(self) -> int:
         busy = self.busy
-        return (
+        paced = (
             max(
                 busy.get("load", 0) - self.first_share,
                 busy.get("compute", 0),
@@ -84,6 +94,7 @@ class Estimate:
             + self.first
             + self.last
         )
+        return max([paced] + [-(-hold // 2) for hold in self.holds.values()])
 
 
 def sizes(total: int, step: int) -> list[tuple[int, int]]:
@@ -110,20 +121,24 @@ def conv_estimate(shape: ConvShape, plan: ConvPlan, config: AccelConfig) -> Esti
         for cs, c_count in k_sizes:
             per_row_tile = 1 if weights_shared else r_tiles
             fields = tc.weight_load(shape, _tile(ns, 1, cs), 0, 0)
-            est.add("load", fields, n_count * c_count * per_row_tile)
+            est.add("load", fields, n_count * c_count * per_row_tile, ("weights",))
         for rs, r_count in rows:
             tiles = n_count * r_count
             if shape.has_bias:
-                est.add("load", tc.bias_load(shape, _tile(ns, rs, 1), 0, 0), tiles)
-            est.add("store_acc", tc.store_acc(shape, _tile(ns, rs, 1), (0, 0), 0, (0, 0, 0)), tiles)
+                est.add("load", tc.bias_load(shape, _tile(ns, rs, 1), 0, 0), tiles, ("outputs",))
+            fields = tc.store_acc(shape, _tile(ns, rs, 1), (0, 0), 0, (0, 0, 0))
+            est.add("store_acc", fields, tiles, ("outputs",))
             for cs, c_count in k_sizes:
                 t = _tile(ns, rs, cs)
-                est.add("conv", tc.conv(shape, t, config, (0, 0, 0), True), tiles * c_count)
+                fields = tc.conv(shape, t, config, (0, 0, 0), True)
+                est.add("conv", fields, tiles * c_count, ("inputs", "weights", "outputs"))
                 if not inputs_shared:
-                    est.add("load", tc.input_load(shape, t, 0, 0), tiles * c_count)
+                    fields = tc.input_load(shape, t, 0, 0)
+                    est.add("load", fields, tiles * c_count, ("inputs",))
     if inputs_shared:
         for rs, r_count in rows:
-            est.add("load", tc.input_load(shape, _tile(plan.n, rs, shape.c), 0, 0), r_count)
+            fields = tc.input_load(shape, _tile(plan.n, rs, shape.c), 0, 0)
+            est.add("load", fields, r_count, ("inputs",))
     est.first_loads(_first_loads(shape, plan, est))
     t = _tile(plan.n, plan.rows, plan.c)
     est.last_store(est.cost("store_acc", tc.store_acc(shape, t, (0, 0), 0, (0, 0, 0))))
@@ -162,11 +177,13 @@ def vector_estimate(
             for rs, r_count in sizes(shape.oh, r_step):
                 count = c_count * r_count
                 rows = tv.RowSpan(0, shape.in_rows(rs), 0, 0)
-                est.add("load", tv.load(plane, 0, cs, rows, 0), count * shape.operands)
+                fields = tv.load(plane, 0, cs, rows, 0)
+                est.add("load", fields, count * shape.operands, ("inputs",))
                 _vector_op(est, shape, cs, rows, rs, count)
-                est.last_store(
-                    est.add("store", tv.store(out, (cs, rs, shape.ow), (0, 0), 0), count)
-                )
+                # A copy stores from its input buffer; the others from their output buffer.
+                emptied = ("inputs",) if shape.kind == "copy" else ("outputs",)
+                fields = tv.store(out, (cs, rs, shape.ow), (0, 0), 0)
+                est.last_store(est.add("store", fields, count, emptied))
         if index == 0:
             rows = tv.RowSpan(0, shape.in_rows(r_step), 0, 0)
             first = est.cost("load", tv.load(plane, 0, c_step, rows, 0))
@@ -178,10 +195,10 @@ def _vector_op(
     est: Estimate, shape: tv.VectorShape, cs: int, rows: tv.RowSpan, rs: int, count: int
 ) -> None:
     if shape.kind == "pool":
-        est.add("vpool", tv.vpool(shape, cs, rows, rs, (0, 0)), count)
+        est.add("vpool", tv.vpool(shape, cs, rows, rs, (0, 0)), count, ("inputs", "outputs"))
     elif shape.kind != "copy":
         op, fields = tv.elementwise(shape, cs * rs * shape.ow, (0, 0, 0), 0, (0, 0, 0))
-        est.add(op, fields, count)
+        est.add(op, fields, count, ("inputs", "outputs"))
 
 
 def largest(fits: Callable[[int], bool], limit: int) -> int:
