@@ -20,7 +20,7 @@ from dopant.dialects.qnn import Conv2DOp, LinearOp, QnnOp
 from dopant.passes.tiling.conv import ConvBuffers
 from dopant.passes.tiling.cost import Estimate, conv_estimate, vector_estimate
 from dopant.passes.tiling.ops import vector_shapes
-from dopant.passes.tiling.plan import ConvShape, conv_plan, module_target, vector_plan
+from dopant.passes.tiling.plan import ConvPlan, ConvShape, conv_plan, module_target, vector_plan
 from dopant.passes.tiling.vector import VectorBuffers, fitted
 from dopant.runtime.loader import load
 from dopant.support.errors import PipelineError
@@ -122,6 +122,21 @@ def test_small_tiles_are_paced_by_their_double_buffer() -> None:
         if i < 8:
             lines.append("load wait=0b10 d=1 h=1 w=64 sw=1 bits=8 signal=0b1")
     assert timed("\n".join(lines), preset("small8")).total_cycles == 720
+
+
+def test_a_depthwise_conv_cut_per_channel_is_paced_by_its_multipliers() -> None:
+    text = conv_net(32, (4, 4), 32, groups=32)
+    op = next(op for op in parse_ir(text).walk() if isinstance(op, Conv2DOp))
+    est = conv_estimate(ConvShape.of(op), ConvPlan(1, 4, 1, "nrc", 0), preset("large32"))
+    # large32: L = 120, 32 B a cycle, 32 x 32, 32 lanes, 16 DMAs in flight. Per channel: 9 B of
+    # weights and 2 multiplier words, each 120 + 1 = 121; 6 x 6 input bytes, 120 + 2 = 122; the
+    # conv (M = 16, K = 9, N = 1) 32 + max(16, 32) + 62 = 126; store_acc of 16, 121.
+    # The engines: 32 convs, 4032 cycles, after the first loads (120 + 1 + 1 + 2 = 124) and
+    # before the last store (121): 4277. But each tile's loads queue behind its multipliers,
+    # whose slot frees only when the store_acc two tiles back ends: 121 + 126 + 121 = 368 per
+    # tile, two slots: 32 * 368 / 2 = 5888.
+    assert est.busy["compute"] == 4032 and (est.first, est.last) == (124, 121)
+    assert est.holds["params"] == 32 * 368 and est.cycles == 5888
 
 
 def test_a_grouped_conv_whose_group_does_not_fit_fails_naming_its_path() -> None:

@@ -12,9 +12,11 @@ tile's loads, which nothing overlaps, take the time the rule gives them back to 
 
 Overlapped DMAs hide their latency only as far as the double buffers let them: a tile holds a
 slot of a buffer from the start of the load that fills it to the end of its last user (for the
-output buffer: the bias load, the convs, then store_acc; L twice), and each buffer has two
-slots, so the layer takes at least half the sum of the holds on any one buffer. That bound
-joins the max: it is what stops ever smaller tiles once the engines overlap their latency.
+output buffer: the bias load, the convs, then store_acc; L twice; for the multipliers, whose
+load the tile's other loads queue behind on the in-order load engine: that load, the convs,
+a store_acc), and each buffer has two slots, so the layer takes at least half the sum of the
+holds on any one buffer. The estimate is the larger of that and the engines' pace: the bound
+is what stops ever smaller tiles once the engines overlap their latency.
 Only tile shapes that occur are costed (full tiles and the shorter last ones), each once.
 """
 
@@ -69,8 +71,11 @@ class Estimate:
         self.channel += cost.channel_cycles * count
         self.instructions += count
         for buffer in buffers:
-            self.holds[buffer] = self.holds.get(buffer, 0) + cost.cycles * count
+            self.hold(buffer, cost.cycles * count)
         return cost
+
+    def hold(self, buffer: str, cycles: int) -> None:
+        self.holds[buffer] = self.holds.get(buffer, 0) + cycles
 
     def first_loads(self, costs: list[Cost]) -> None:
         """The loads the first compute instruction waits for, issued back to back."""
@@ -116,8 +121,14 @@ def conv_estimate(shape: ConvShape, plan: ConvPlan, config: AccelConfig) -> Esti
     rows = sizes(shape.oh, plan.rows)
     for ns, n_count in sizes(shape.n, plan.n):
         k_sizes = sizes(shape.c, plan.c) if not grouped else [(shape.tile_channels(ns, plan.c), 1)]
-        per_row_tile = 1 if params_shared else r_tiles
-        est.add("load", tc.params_load(shape, _tile(ns, 1, 1), 0, 0), n_count * per_row_tile)
+        # A tile's loads issue behind its multipliers' load, which waits for the store_acc that
+        # last read that params slot: the slot is held through the convs it serves to a store.
+        params = n_count * (1 if params_shared else r_tiles)
+        est.add("load", tc.params_load(shape, _tile(ns, 1, 1), 0, 0), params, ("params",))
+        store = est.cost(
+            "store_acc", tc.store_acc(shape, _tile(ns, rows[0][0], 1), (0, 0), 0, (0, 0, 0))
+        )
+        est.hold("params", store.cycles * params)
         for cs, c_count in k_sizes:
             per_row_tile = 1 if weights_shared else r_tiles
             fields = tc.weight_load(shape, _tile(ns, 1, cs), 0, 0)
@@ -131,7 +142,8 @@ def conv_estimate(shape: ConvShape, plan: ConvPlan, config: AccelConfig) -> Esti
             for cs, c_count in k_sizes:
                 t = _tile(ns, rs, cs)
                 fields = tc.conv(shape, t, config, (0, 0, 0), True)
-                est.add("conv", fields, tiles * c_count, ("inputs", "weights", "outputs"))
+                buffers = ("inputs", "weights", "outputs", "params")
+                est.add("conv", fields, tiles * c_count, buffers)
                 if not inputs_shared:
                     fields = tc.input_load(shape, t, 0, 0)
                     est.add("load", fields, tiles * c_count, ("inputs",))
