@@ -132,11 +132,12 @@ def test_a_depthwise_conv_cut_per_channel_is_paced_by_its_multipliers() -> None:
     # weights and 2 multiplier words, each 120 + 1 = 121; 6 x 6 input bytes, 120 + 2 = 122; the
     # conv (M = 16, K = 9, N = 1) 32 + max(16, 32) + 62 = 126; store_acc of 16, 121.
     # The engines: 32 convs, 4032 cycles, after the first loads (120 + 1 + 1 + 2 = 124) and
-    # before the last store (121): 4277. But each tile's loads queue behind its multipliers,
-    # whose slot frees only when the store_acc two tiles back ends: 121 + 126 + 121 = 368 per
-    # tile, two slots: 32 * 368 / 2 = 5888.
+    # before the last store (121): 4277. But each tile's multipliers wait for the store_acc
+    # two tiles back to free their slot, and its input queues behind them (issued 1 cycle
+    # later, done 1 + 122 = 123 after the slot frees), then the conv and the store_acc:
+    # 123 + 126 + 121 = 370 per tile, two slots: 32 * 370 / 2 = 5920.
     assert est.busy["compute"] == 4032 and (est.first, est.last) == (124, 121)
-    assert est.holds["params"] == 32 * 368 and est.cycles == 5888
+    assert est.holds["params"] == 32 * 370 and est.cycles == 5920
 
 
 def test_a_grouped_conv_whose_group_does_not_fit_fails_naming_its_path() -> None:

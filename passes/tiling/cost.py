@@ -12,11 +12,11 @@ tile's loads, which nothing overlaps, take the time the rule gives them back to 
 
 Overlapped DMAs hide their latency only as far as the double buffers let them: a tile holds a
 slot of a buffer from the start of the load that fills it to the end of its last user (for the
-output buffer: the bias load, the convs, then store_acc; L twice; for the multipliers, whose
-load the tile's other loads queue behind on the in-order load engine: that load, the convs,
-a store_acc), and each buffer has two slots, so the layer takes at least half the sum of the
-holds on any one buffer. The estimate is the larger of that and the engines' pace: the bound
-is what stops ever smaller tiles once the engines overlap their latency.
+output buffer: the bias load and the loads queued behind it on the in-order load engine, the
+convs, then store_acc; L twice; the multipliers' likewise), and each buffer has two slots, so
+the layer takes at least half the sum of the holds on any one buffer. The estimate is the
+larger of that and the engines' pace: the bound is what stops ever smaller tiles once the
+engines overlap their latency.
 Only tile shapes that occur are costed (full tiles and the shorter last ones), each once.
 """
 
@@ -77,9 +77,13 @@ class Estimate:
     def hold(self, buffer: str, cycles: int) -> None:
         self.holds[buffer] = self.holds.get(buffer, 0) + cycles
 
+    def queued(self, costs: list[Cost]) -> int:
+        """Cycles until the last of these DMAs of one engine completes, issued back to back."""
+        return dma_run_cycles(costs, self.config.dma_outstanding_requests)
+
     def first_loads(self, costs: list[Cost]) -> None:
         """The loads the first compute instruction waits for, issued back to back."""
-        self.first = dma_run_cycles(costs, self.config.dma_outstanding_requests)
+        self.first = self.queued(costs)
         self.first_share = sum(self.share(cost) for cost in costs)
 
     def last_store(self, cost: Cost) -> None:
@@ -121,14 +125,18 @@ def conv_estimate(shape: ConvShape, plan: ConvPlan, config: AccelConfig) -> Esti
     rows = sizes(shape.oh, plan.rows)
     for ns, n_count in sizes(shape.n, plan.n):
         k_sizes = sizes(shape.c, plan.c) if not grouped else [(shape.tile_channels(ns, plan.c), 1)]
-        # A tile's loads issue behind its multipliers' load, which waits for the store_acc that
-        # last read that params slot: the slot is held through the convs it serves to a store.
+        # The multipliers and the bias fill slots that the store_acc two tiles back frees; the
+        # tile's later loads queue behind them on the in-order load engine (the input last), so
+        # such a slot is held from its load through that queue (`queued`), the convs and the
+        # tile's store_acc.
+        first = _tile(ns, rows[0][0], k_sizes[0][0])
+        bias = [est.cost("load", tc.bias_load(shape, first, 0, 0))] if shape.has_bias else []
+        inputs = [] if inputs_shared else [est.cost("load", tc.input_load(shape, first, 0, 0))]
+        store = est.cost("store_acc", tc.store_acc(shape, first, (0, 0), 0, (0, 0, 0)))
         params = n_count * (1 if params_shared else r_tiles)
-        est.add("load", tc.params_load(shape, _tile(ns, 1, 1), 0, 0), params, ("params",))
-        store = est.cost(
-            "store_acc", tc.store_acc(shape, _tile(ns, rows[0][0], 1), (0, 0), 0, (0, 0, 0))
-        )
-        est.hold("params", store.cycles * params)
+        fields = tc.params_load(shape, _tile(ns, 1, 1), 0, 0)
+        queue = est.queued([est.add("load", fields, params), *bias, *inputs])
+        est.hold("params", (queue + store.cycles) * params)
         for cs, c_count in k_sizes:
             per_row_tile = 1 if weights_shared else r_tiles
             fields = tc.weight_load(shape, _tile(ns, 1, cs), 0, 0)
@@ -136,7 +144,8 @@ def conv_estimate(shape: ConvShape, plan: ConvPlan, config: AccelConfig) -> Esti
         for rs, r_count in rows:
             tiles = n_count * r_count
             if shape.has_bias:
-                est.add("load", tc.bias_load(shape, _tile(ns, rs, 1), 0, 0), tiles, ("outputs",))
+                est.add("load", tc.bias_load(shape, _tile(ns, rs, 1), 0, 0), tiles)
+                est.hold("outputs", est.queued(bias + inputs) * tiles)
             fields = tc.store_acc(shape, _tile(ns, rs, 1), (0, 0), 0, (0, 0, 0))
             est.add("store_acc", fields, tiles, ("outputs",))
             for cs, c_count in k_sizes:
