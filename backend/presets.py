@@ -7,6 +7,15 @@ Gemmini's default 16x16 configuration (256 KiB scratchpad, 64 KiB accumulator; G
 DAC 2021); `large32` a 32x32 array with wider memories. Energies per access follow the
 ratios of Horowitz (ISSCC 2014, 45 nm): an 8-bit MAC ~0.2 pJ, on-chip SRAM ~1-2 pJ/byte,
 DRAM ~100 pJ/byte.
+
+DMA instructions in flight per load/store engine (`dma_outstanding_requests`): Gemmini's
+default configuration keeps up to 16 TileLink requests of 64 bytes outstanding
+(`max_in_flight_mem_reqs`) and holds 8 loads and 4 stores in its reservation station
+(`reservation_station_entries_ld/_st`; GemminiConfigs.defaultConfig). A dopant DMA instruction
+is a whole tile, so the count is of tiles: edge16 takes Gemmini's 8 loads; small8, a
+microcontroller-class part, half that; large32 twice, as its 32-byte channel (32 B/cycle x 120
+cycles = 3840 bytes in flight to cover the latency) needs more of its small parameter and bias
+tiles outstanding to stay busy.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ def _presets() -> dict[str, AccelConfig]:
             dram_latency_cycles=100,
             clock_mhz=200.0,
             vector_lanes=8,
+            dma_outstanding_requests=4,
         ),
         "edge16": AccelConfig(
             name="edge16",
@@ -45,6 +55,7 @@ def _presets() -> dict[str, AccelConfig]:
             dram_latency_cycles=100,
             clock_mhz=500.0,
             vector_lanes=16,
+            dma_outstanding_requests=8,
         ),
         "large32": AccelConfig(
             name="large32",
@@ -59,6 +70,7 @@ def _presets() -> dict[str, AccelConfig]:
             dram_latency_cycles=120,
             clock_mhz=800.0,
             vector_lanes=32,
+            dma_outstanding_requests=16,
         ),
     }
 

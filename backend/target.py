@@ -5,6 +5,12 @@ systolic array of 8-bit PEs built from 2-bit BitFusion bricks (Sharma et al., IS
 PE does (8 / w_bits) * (8 / a_bits) multiply-accumulates per cycle; a scratchpad for int8
 operands and an int32 accumulator memory on chip; one DRAM channel; a vector unit for
 requantization, residual adds and pooling. No xDSL here: the simulator imports this module.
+
+On-chip rates that follow from the array (no field of their own): the array's edge is one 8-bit
+lane per row (activations) and per column (weights), the operand width of the 8-bit PE that
+BitFusion fuses, with sub-byte operands packed 8 / bits to a lane, as the DMA moves them; and
+the accumulator takes one array row of `cols` int32 words per cycle, the width the array drains
+into it (Gemmini's accumulator rows are DIM words wide: a mvin to it writes one row a cycle).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 from dopant.support.errors import DopantError
 
 DATAFLOWS = ("ws", "os")  # weight stationary, output stationary (Samajdar et al., SCALE-Sim)
+PE_OPERAND_BITS = 8  # a PE multiplies 8-bit operands; narrower ones fuse into it (BitFusion)
 
 
 class ConfigError(DopantError):
@@ -31,7 +38,11 @@ class AccelConfig:
     """A systolic-array accelerator. Units are in the names; energies in picojoules.
 
     `weight_bits`/`act_bits` are the operand widths the PEs fuse to; `*_banks` split a memory
-    into independently accessed banks; `vector_lanes` is elements per cycle of the vector unit.
+    into independently accessed banks; `vector_lanes` is elements per cycle of the vector unit;
+    `dma_outstanding_requests` is how many DMA instructions each of the load and store engines
+    may have in flight (started, not completed) at once. Its default, 1, is the machine before
+    the field existed (an engine waited for each DMA to complete): `stable_hash` leaves it out
+    at that value, so binaries written then still verify. The presets set their own.
     """
 
     name: str
@@ -52,6 +63,7 @@ class AccelConfig:
     scratchpad_energy_pj_per_byte: float = 1.0
     accumulator_energy_pj_per_byte: float = 2.0
     dram_energy_pj_per_byte: float = 100.0
+    dma_outstanding_requests: int = 1
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -72,6 +84,7 @@ class AccelConfig:
             "accumulator_banks",
             "dram_bytes_per_cycle",
             "vector_lanes",
+            "dma_outstanding_requests",
         ):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -157,12 +170,22 @@ class AccelConfig:
                 f"'{self.name}' does not fuse to w{w_bits}a{a_bits}; it supports "
                 f"weights {self.weight_bits} and activations {self.act_bits}"
             )
-        return 8 // a_bits, 8 // w_bits
+        return PE_OPERAND_BITS // a_bits, PE_OPERAND_BITS // w_bits
 
     def macs_per_cycle(self, w_bits: int = 8, a_bits: int = 8) -> int:
         """Peak multiply-accumulates per cycle of the array at these widths."""
         fa, fw = self.fusion(w_bits, a_bits)
         return self.rows * self.cols * fa * fw
+
+    @property
+    def edge_lane_bits_per_cycle(self) -> int:
+        """Bits one array edge lane (a row's activations, a column's weights) carries a cycle."""
+        return PE_OPERAND_BITS
+
+    @property
+    def accumulator_write_words_per_cycle(self) -> int:
+        """int32 words a load writes into the accumulator per cycle: one array row."""
+        return self.cols
 
     def cycles_to_seconds(self, cycles: float) -> float:
         return cycles / (self.clock_mhz * 1e6)
@@ -181,10 +204,16 @@ class AccelConfig:
     def stable_hash(self) -> bytes:
         """32 bytes that change whenever anything about the machine changes (not its name).
 
-        SHA-256 of the canonical JSON of every field but `name`: same machine, same hash, on
-        every platform and Python version; binaries carry it to refuse a different machine.
+        SHA-256 of the canonical JSON of every field but `name` (and but a field added later
+        while it holds the value that was the machine before it: `_HASHED_ONLY_WHEN_SET`): same
+        machine, same hash, on every platform and Python version; binaries carry it to refuse a
+        different machine.
         """
-        fields = {k: v for k, v in self.to_dict().items() if k != "name"}
+        fields = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k != "name" and not (k in _HASHED_ONLY_WHEN_SET and _HASHED_ONLY_WHEN_SET[k] == v)
+        }
         text = json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(text.encode()).digest()
 
@@ -233,6 +262,11 @@ class AccelConfig:
             else:
                 lines.append(f"{key} = {value!r}")
         return "\n".join(lines) + "\n"
+
+
+# Fields added after binaries were first written, at the value that is the machine from before
+# they existed: left out of the hash at that value, so those binaries keep their hash.
+_HASHED_ONLY_WHEN_SET: dict[str, object] = {"dma_outstanding_requests": 1}
 
 
 def _is_number(value: object) -> bool:

@@ -20,14 +20,15 @@ from dopant.backend.costs import Cost, Traffic, fold_model_cycles
 from dopant.backend.image import LayerGemm, LayerRange
 from dopant.backend.target import AccelConfig
 from dopant.dialects.isa import ENGINES, Instruction
-from dopant.runtime.timing import STALLS, Slot, Timeline
+from dopant.runtime.timing import STALLS, Slot, Timeline, busy_cycles
 
 UNLABELLED = "(unlabelled)"  # the row of instructions outside every debug-map range
 
 
 @dataclass(frozen=True)
 class EngineStats:
-    """One engine: instructions run, cycles busy, and cycles stalled by cause (`STALLS`)."""
+    """One engine: instructions run, cycles busy (with at least one instruction in flight), and
+    cycles stalled by cause (`STALLS`)."""
 
     instructions: int
     busy_cycles: int
@@ -202,9 +203,7 @@ def _layer(
     slots = [timeline.slots[i] for i in indices]
     costs = [timeline.costs[i] for i in indices]
     traffic = _traffic(costs)
-    busy = dict.fromkeys(ENGINES, 0)
-    for slot in slots:
-        busy[slot.engine] += slot.cycles
+    busy = {engine: busy_cycles(s for s in slots if s.engine == engine) for engine in ENGINES}
     computing = [slot for slot in slots if slot.engine == "compute"]
     compute_span = (
         max(s.end_cycle for s in computing) - min(s.start_cycle for s in computing)
@@ -266,7 +265,7 @@ def run_stats(
         slots = [s for s in timeline.slots if s.engine == engine]
         engines[engine] = EngineStats(
             instructions=len(slots),
-            busy_cycles=sum(s.cycles for s in slots),
+            busy_cycles=busy_cycles(slots),
             stall_cycles={
                 STALLS[0]: sum(s.token_wait_cycles for s in slots),
                 STALLS[1]: sum(s.dram_wait_cycles for s in slots),
@@ -360,15 +359,25 @@ def layer_table(stats: RunStats) -> str:
 
 
 def chrome_trace(stats: RunStats) -> dict[str, Any]:
-    """Chrome trace-event JSON: one track (thread) per engine, one complete ("X") event per
-    instruction named `layer: mnemonic`, times in microseconds at the config's clock."""
+    """Chrome trace-event JSON: one track (thread) per engine, and one more per further DMA an
+    engine had in flight at once (`load`, `load 2`, ...: events on a track must not overlap),
+    one complete ("X") event per instruction named `layer: mnemonic`, times in microseconds at
+    the config's clock."""
     us_per_cycle = 1.0 / stats.clock_mhz
     events: list[dict[str, Any]] = [
         {"name": "process_name", "ph": "M", "pid": 1, "args": {"name": stats.config_name}}
     ]
-    for tid, engine in enumerate(ENGINES):
+    lanes = {(engine, 0) for engine in ENGINES} | {(s.engine, s.lane) for s in stats.slots}
+
+    def track(engine: str, lane: int) -> int:
+        return ENGINES.index(engine) + len(ENGINES) * lane  # lane 0: the engine's index
+
+    for order, (engine, lane) in enumerate(
+        sorted(lanes, key=lambda e: (ENGINES.index(e[0]), e[1]))
+    ):
+        tid, name = track(engine, lane), engine if lane == 0 else f"{engine} {lane + 1}"
         events.append(
-            {"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": engine}}
+            {"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": name}}
         )
         events.append(
             {
@@ -376,7 +385,7 @@ def chrome_trace(stats: RunStats) -> dict[str, Any]:
                 "ph": "M",
                 "pid": 1,
                 "tid": tid,
-                "args": {"sort_index": tid},
+                "args": {"sort_index": order},
             }
         )
     for slot, layer in zip(stats.slots, stats.slot_layers, strict=True):
@@ -386,7 +395,7 @@ def chrome_trace(stats: RunStats) -> dict[str, Any]:
                 "cat": slot.op,
                 "ph": "X",
                 "pid": 1,
-                "tid": ENGINES.index(slot.engine),
+                "tid": track(slot.engine, slot.lane),
                 "ts": slot.start_cycle * us_per_cycle,
                 "dur": slot.cycles * us_per_cycle,
                 "args": {

@@ -2,25 +2,39 @@
 values: it reads only instruction fields and the AccelConfig (costs in `backend.costs`).
 
 Event-driven, in integer cycles from 0. An instruction starts at the first cycle at which
-(1) its engine has finished the instruction before it (each engine runs its queue in program
-order, one at a time), (2) every token in its `wait` mask is positive, and (3) for a DRAM
-instruction (load, store, store_acc), the one DRAM channel, shared by the load and store
-engines, is free. Starting takes one count from each waited token; completing adds one to each
-signalled token, and the count is usable in the cycle it completes. When several heads can
-start in the same cycle, the earliest in the program goes first (it may take a token or the
-channel the others wanted), the same rule the functional simulator uses.
+(1) its engine can take it: the engine runs its queue in program order, and has finished the
+instruction before it, except that a DMA (load, store, store_acc) may start once the previous
+one's `issue_cycles` are over while fewer than `dma_outstanding_requests` of its engine's are
+in flight (started, not completed); (2) every token in its `wait` mask is positive; and (3) for
+a DMA, the one DRAM channel, shared by the load and store engines, is free. Starting takes one
+count from each waited token; completing adds one to each signalled token, and the count is
+usable in the cycle it completes. When several heads can start in the same cycle, the earliest
+in the program goes first (it may take a token or the channel the others wanted), the same rule
+the functional simulator uses.
 
-A DRAM instruction holds the channel for its `channel_cycles` from its start and completes
-`cycles` after its start (the latency is pipelined, but its engine waits for completion).
+A DMA holds the channel for its `channel_cycles` from its start and completes `cycles` =
+L + S after it (S its `issue_cycles`; the latency L pipelines behind the next DMAs' transfers).
+Every engine completes its instructions in program order: a DMA starts no earlier than S_(i-1)
+after the previous one, so it ends at s_i + L + S_i >= s_(i-1) + S_(i-1) + L = e_(i-1) (one
+latency for all DMAs); other instructions run one at a time. That keeps the contract the
+lowering's tokens rely on (`passes/_convert_qnn_to_accel/schedule`: a signal means every
+earlier instruction of its engine is done), and overlapping DMAs of one engine keep the
+functional simulator's meaning, where each runs whole in program order: a load reads DRAM and
+writes on chip, a store the reverse, so no DMA reads what an earlier one of its engine writes,
+and their writes land in program order (each one's transfer starts after the previous one's).
 
-Stalls are named: while an engine's head cannot start, each cycle counts as `token_wait` if
-some waited token is empty, else as `dram_wait` (tokens there, channel busy).
+Stalls are named: while an engine could take its head but the head cannot start, each cycle
+counts as `token_wait` if some waited token is empty, else as `dram_wait` (tokens there, channel
+busy). An engine with its limit of DMAs in flight is busy, not stalled; with fewer in flight it
+can be both (a DMA outstanding, the next one held back), so an engine's busy cycles are the
+union of its instructions' spans (`busy_cycles`), not their sum.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from dopant.backend.costs import Cost, CostError, instruction_cost
@@ -48,6 +62,7 @@ class Slot:
     end_cycle: int
     token_wait_cycles: int
     dram_wait_cycles: int
+    lane: int = 0  # which of its engine's in-flight places it took (0 if one at a time)
 
     @property
     def cycles(self) -> int:
@@ -63,22 +78,37 @@ class Timeline:
     total_cycles: int
 
 
+def busy_cycles(slots: Iterable[Slot]) -> int:
+    """Cycles in which at least one of `slots` runs (the union of their spans)."""
+    busy, covered = 0, 0
+    for slot in sorted(slots, key=lambda s: s.start_cycle):
+        start = max(slot.start_cycle, covered)
+        if slot.end_cycle > start:
+            busy += slot.end_cycle - start
+            covered = slot.end_cycle
+    return busy
+
+
 class _Run:
     """The mutable state of one event-driven schedule."""
 
-    def __init__(self, instructions: Sequence[Instruction], costs: Sequence[Cost]):
-        self.instructions, self.costs = instructions, costs
+    def __init__(
+        self, instructions: Sequence[Instruction], costs: Sequence[Cost], outstanding: int
+    ):
+        self.instructions, self.costs, self.outstanding = instructions, costs, outstanding
         self.waits = [token_list(i["wait"]) for i in instructions]
         self.signals = [token_list(i["signal"]) for i in instructions]
         self.queues = engine_queues(instructions)
         self.heads = dict.fromkeys(ENGINES, 0)
-        self.busy_until = dict.fromkeys(ENGINES, 0)
+        self.issue_free = dict.fromkeys(ENGINES, 0)  # when its data path can start the next
+        # (end cycle, lane) of each engine's started instructions not yet complete, oldest first
+        self.in_flight: dict[str, deque[tuple[int, int]]] = {e: deque() for e in ENGINES}
         self.counts = [0] * TOKENS
         self.completions: list[tuple[int, int]] = []  # heap of (end cycle, index)
         self.channel_free = 0
         self.now = 0
         count = len(instructions)
-        self.start, self.end = [0] * count, [0] * count
+        self.start, self.end, self.lane = [0] * count, [0] * count, [0] * count
         self.stalls = [[0, 0] for _ in range(count)]  # token_wait, dram_wait
 
     def complete_due(self) -> None:
@@ -86,13 +116,25 @@ class _Run:
             _, index = heapq.heappop(self.completions)
             for token in self.signals[index]:
                 self.counts[token] += 1
+        for flight in self.in_flight.values():
+            while flight and flight[0][0] <= self.now:
+                flight.popleft()
+
+    def pending(self) -> list[str]:
+        return [e for e, queue in self.queues.items() if self.heads[e] < len(queue)]
+
+    def takes_head(self, engine: str) -> bool:
+        """Whether `engine` can take its head now (its tokens and the channel aside)."""
+        head = self.queues[engine][self.heads[engine]]
+        limit = self.outstanding if self.costs[head].uses_dram else 1
+        return self.issue_free[engine] <= self.now and len(self.in_flight[engine]) < limit
 
     def waiting(self) -> list[int]:
-        """Heads of engines that are free now, in program order."""
+        """Heads of engines that can take them now, in program order."""
         return sorted(
-            queue[self.heads[engine]]
-            for engine, queue in self.queues.items()
-            if self.heads[engine] < len(queue) and self.busy_until[engine] <= self.now
+            self.queues[engine][self.heads[engine]]
+            for engine in self.pending()
+            if self.takes_head(engine)
         )
 
     def has_tokens(self, index: int) -> bool:
@@ -109,9 +151,13 @@ class _Run:
             self.counts[token] -= 1
         if cost.uses_dram:
             self.channel_free = self.now + cost.channel_cycles
-        self.start[index], self.end[index] = self.now, self.now + cost.cycles
-        self.busy_until[engine] = self.end[index]
-        heapq.heappush(self.completions, (self.end[index], index))
+        end = self.now + cost.cycles  # after the engine's earlier ones (module docstring)
+        taken = {lane for _, lane in self.in_flight[engine]}
+        lane = next(lane for lane in range(len(taken) + 1) if lane not in taken)
+        self.start[index], self.end[index], self.lane[index] = self.now, end, lane
+        self.issue_free[engine] = self.now + cost.issue_cycles
+        self.in_flight[engine].append((end, lane))
+        heapq.heappush(self.completions, (end, index))
         self.heads[engine] += 1
 
     def remaining(self) -> int:
@@ -122,6 +168,7 @@ class _Run:
         upcoming = [self.completions[0][0]] if self.completions else []
         if self.channel_free > self.now:
             upcoming.append(self.channel_free)
+        upcoming += [self.issue_free[e] for e in self.pending() if self.issue_free[e] > self.now]
         if not upcoming:
             raise deadlock_error(self.instructions, waiting, self.counts, self.remaining())
         step = min(upcoming) - self.now
@@ -152,10 +199,19 @@ def schedule(instructions: Sequence[Instruction], config: AccelConfig) -> Timeli
     """The timeline of `instructions` on `config`; SimulationError if the tokens deadlock or an
     instruction asks for something the machine cannot do (a bit width it does not fuse)."""
     costs = tuple(_cost(i, ins, config) for i, ins in enumerate(instructions))
-    run = _Run(instructions, costs)
+    run = _Run(instructions, costs, config.dma_outstanding_requests)
     run.run()
     slots = tuple(
-        Slot(i, ins.op, ins.engine, run.start[i], run.end[i], *run.stalls[i])
+        Slot(
+            i,
+            ins.op,
+            ins.engine,
+            run.start[i],
+            run.end[i],
+            token_wait_cycles=run.stalls[i][0],
+            dram_wait_cycles=run.stalls[i][1],
+            lane=run.lane[i],
+        )
         for i, ins in enumerate(instructions)
     )
     return Timeline(slots, costs, max(run.end, default=0))

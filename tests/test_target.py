@@ -30,7 +30,9 @@ def test_bitfusion_throughput() -> None:
 
 def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(ConfigError) as error:
-        preset("small8").with_changes(rows=0, dataflow="rs", clock_mhz=-1.0, act_bits=(8, 3))
+        preset("small8").with_changes(
+            rows=0, dataflow="rs", clock_mhz=-1.0, act_bits=(8, 3), dma_outstanding_requests=0
+        )
     message = str(error.value)
     assert message.startswith("accelerator config 'small8' is invalid: ")
     for reason in (
@@ -38,6 +40,7 @@ def test_every_problem_is_reported_at_once() -> None:
         "dataflow must be one of ws, os",
         "clock_mhz must be positive, got -1.0",
         "act_bits must be an increasing",
+        "dma_outstanding_requests must be a positive integer, got 0",
     ):
         assert reason in message
 
@@ -74,5 +77,19 @@ def test_stable_hash_follows_the_machine_not_the_name() -> None:
     assert a.with_changes(name="renamed").stable_hash() == a.stable_hash()
     assert a.with_changes(dram_latency_cycles=101).stable_hash() != a.stable_hash()
     assert a.with_changes(dataflow="os").stable_hash() != a.stable_hash()
-    # Pinned: a change to the hash recipe would orphan every binary ever written.
-    assert a.stable_hash().hex()[:16] == "7ebf4ca16fe1d15d"
+    assert a.with_changes(dma_outstanding_requests=4).stable_hash() != a.stable_hash()
+    # Pinned: a change to the hash recipe would orphan every binary ever written. edge16 keeps
+    # 8 DMAs in flight; with 1, the machine before that field existed, it hashes as it did then.
+    assert a.stable_hash().hex()[:16] == "39b0bb08724186f4"
+    assert a.with_changes(dma_outstanding_requests=1).stable_hash().hex()[:16] == "7ebf4ca16fe1d15d"
+
+
+def test_dma_requests_in_flight_default_to_one_and_travel_in_toml(tmp_path: Path) -> None:
+    # small8 4, edge16 8, large32 16 (Gemmini-class DMA engines, see presets); a file that does
+    # not name the field describes the machine before it existed, one DMA at a time.
+    assert [preset(n).dma_outstanding_requests for n in preset_names()] == [4, 8, 16]
+    text = preset("edge16").to_toml()
+    assert "dma_outstanding_requests = 8\n" in text
+    path = tmp_path / "old.toml"
+    path.write_text(text.replace("dma_outstanding_requests = 8\n", ""))
+    assert AccelConfig.from_toml(path).dma_outstanding_requests == 1

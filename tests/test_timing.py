@@ -5,72 +5,39 @@ waits, traffic and energy, per-layer rows, the trace, and the roofline as a lowe
 from __future__ import annotations
 
 import json
-import textwrap
-from collections.abc import Sequence
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from timed import FAST, OS, conv_line, timed
 
-from dopant.backend.asm import parse_assembly
 from dopant.backend.image import LayerGemm
-from dopant.backend.presets import preset
 from dopant.backend.target import AccelConfig
-from dopant.runtime.program import LayerRange, Program
+from dopant.runtime.program import LayerRange
 from dopant.runtime.simulator import SimulationError
-from dopant.runtime.stats import RunStats
-
-# 8 x 8 array, 8 DRAM bytes per cycle, 8 vector lanes, 200 MHz; latency cut to 10 cycles.
-FAST = preset("small8").with_changes(dram_latency_cycles=10)
-OS = FAST.with_changes(dataflow="os")
-
-
-def timed(
-    text: str,
-    config: AccelConfig = FAST,
-    layers: Sequence[LayerRange] = (),
-    gemms: Sequence[LayerGemm] = (),
-) -> RunStats:
-    code = tuple(parse_assembly(textwrap.dedent(text)))
-    program = Program(
-        config_hash=config.stable_hash(),
-        config=config.to_dict(),
-        instructions=code,
-        segments=(),
-        inputs=(),
-        outputs=(),
-        layers=tuple(layers),
-        dram_bytes=1 << 20,
-        gemms=tuple(gemms),
-    )
-    return program.stats
-
-
-def conv_line(w_bits: int = 8, a_bits: int = 8, **extra: int) -> str:
-    """The running example: 3 x 6 x 7 input, 10 filters of 3 x 3, 4 x 5 outputs, so
-    M = 4 * 5 = 20, K = 3 * 3 * 3 = 27, N = 10, and 5400 MACs."""
-    fields = dict(c_in=3, ih=6, iw=7, n=10, groups=1, kh=3, kw=3, stride_h=1, stride_w=1)
-    fields |= dict(dil_h=1, dil_w=1, oh=4, ow=5, w_bits=w_bits, a_bits=a_bits) | extra
-    return "conv " + " ".join(f"{k}={v}" for k, v in fields.items())
 
 
 def test_dram_latency_pipelines_but_the_channel_is_shared_by_load_and_store() -> None:
     stats = timed("""
-        load d=1 h=4 w=16 bits=8 signed=1
+        load d=1 h=4 w=16 sh=16 sw=1 bits=8 signed=1
         store dram=4096 d=1 h=1 w=32 sw=1 bits=8 signed=1
-        load d=1 h=1 w=8 bits=8 signed=1
+        load d=1 h=1 w=8 sw=1 bits=8 signed=1
     """)
     # 0 load, 64 B: holds the channel 64 / 8 = 8 cycles, done at 10 + 8 = 18.
     # 1 store, 32 B, ready at 0: the channel is busy until 8, so it starts at 8 (8 cycles of
     #   dram_wait) and is done at 8 + 10 + 32 / 8 = 22.
-    # 2 load, 8 B: its engine is free at 18 (the channel since 12): 18 + 10 + 1 = 29.
-    assert [(s.start_cycle, s.end_cycle) for s in stats.slots] == [(0, 18), (8, 22), (18, 29)]
-    assert stats.total_cycles == 29
+    # 2 load, 8 B: its engine may start it at 8, with 0 in flight (4 allowed), but at 8 the
+    #   store, earlier in the program, takes the channel until 12 (4 cycles of dram_wait):
+    #   12 + 10 + 1 = 23, after 0's 18 (completions in program order).
+    assert [(s.start_cycle, s.end_cycle) for s in stats.slots] == [(0, 18), (8, 22), (12, 23)]
+    assert stats.total_cycles == 23
     load, store = stats.engines["load"], stats.engines["store"]
+    # The load engine is busy while a load is in flight: 0 .. 18 and 12 .. 23, 23 cycles.
     assert (load.instructions, load.busy_cycles, load.stall_cycles) == (
         2,
-        29,
-        {"token_wait": 0, "dram_wait": 0},
+        23,
+        {"token_wait": 0, "dram_wait": 4},
     )
     assert (store.busy_cycles, store.stall_cycles) == (14, {"token_wait": 0, "dram_wait": 8})
     # Roofline: no MACs; (64 + 32 + 8) B / 8 = 13 cycles of channel time.
@@ -125,22 +92,36 @@ def test_a_token_wait_delays_the_consumer_and_is_counted_by_layer() -> None:
 
 
 # (config, w_bits, a_bits, cycles, fold model, compute bound), all for the running example.
+# The array's edge carries 8 bits per row (activations) and per column (weights) a cycle.
 # The fold model is SCALE-Sim's of the whole layer (one tile here), 8 x 8 array: WS per fold
-# 2 * 8 + 8 + (M = 20) - 2 = 42, OS per fold 8 + 8 + T - 2 with T = ceil(K / (fa * fw)).
+# 2 * 8 + 8 + (M = 20) - 2 = 42, OS per fold 8 + 8 + T - 2 with T = ceil(K / (fa * fw)) (the
+# PEs' throughput; the reference knows no edge lanes, so a fused OS stream can run over it).
 CONVS = [
     # WS w8a8: 4 K folds x 2 N folds = 8: 8 + 8 * 20 + 14 = 182; fold model 8 * 42.
     (FAST, 8, 8, 182, 8 * 42, 5400 / 64),
-    # WS w4a4: fa = fw = 2: K folds ceil(27 / 16) = 2, N folds ceil(10 / 16) = 1: 8 + 2 * 20 + 14.
-    (FAST, 4, 4, 62, 2 * 42, 5400 / 256),
-    # WS w2a8: fa = 1, fw = 4: K folds 4, N folds ceil(10 / 32) = 1: 8 + 4 * 20 + 14 = 102.
+    # WS w4a4: fa = fw = 2: K folds ceil(27 / 16) = 2, N folds ceil(10 / 16) = 1; a fold's
+    # 16 x 16 four-bit weights take 16 * 2 * 4 / 8 = 16 cycles down a column: 16 + 2 * 20 + 14.
+    (FAST, 4, 4, 70, 2 * 42, 5400 / 256),
+    # WS w2a8: fa = 1, fw = 4: K folds 4, N folds ceil(10 / 32) = 1; the preload is 8 rows of
+    # 4 two-bit weights, 8 cycles: 8 + 4 * 20 + 14 = 102.
     (FAST, 2, 8, 102, 4 * 42, 5400 / 256),
+    # WS w8a2: fa = 4, fw = 1: K folds ceil(27 / 32) = 1, N folds 2; 32 rows of 8-bit weights
+    # take 32 cycles per column, more than the 20-row stream hides: 32 + 2 * 32 + 14 = 110.
+    (FAST, 8, 2, 110, 2 * 42, 5400 / 256),
     # OS w8a8: M folds ceil(20 / 8) = 3, N folds 2 = 6; K streams 27: 6 * 27 + 14 + 8 = 184;
     # fold model 6 * (8 + 8 + 27 - 2) = 6 * 41.
     (OS, 8, 8, 184, 6 * 41, 5400 / 64),
-    # OS w4a4: K streams ceil(27 / 4) = 7 < 8 rows: 6 * max(7, 8) + 14 + 8 = 70; 6 * (14 + 7).
-    (OS, 4, 4, 70, 6 * 21, 5400 / 256),
-    # OS w2a8: fa * fw = 4 as well: 70.
-    (OS, 2, 8, 70, 6 * 21, 5400 / 256),
+    # OS w4a4: the PEs could take K in ceil(27 / 4) = 7 cycles, but a row lane carries 2
+    # activations and a column lane 2 weights a cycle: ceil(27 / 2) = 14;
+    # 6 * max(14, 8) + 14 + 8 = 106 (fold model, without the edge: 6 * (14 + 7)).
+    (OS, 4, 4, 106, 6 * 21, 5400 / 256),
+    # OS w2a8: fa * fw = 4 as well, but 27 eight-bit activations take 27 cycles per row: 184.
+    (OS, 2, 8, 184, 6 * 21, 5400 / 256),
+    # OS w8a2: 27 eight-bit weights take 27 cycles per column: 184, no faster than w8a8.
+    (OS, 8, 2, 184, 6 * 21, 5400 / 256),
+    # OS w2a2: 16 MACs a PE, ceil(27 / 16) = 2, but 4 per lane a cycle: ceil(27 / 4) = 7 < 8
+    # rows: 6 * 8 + 14 + 8 = 70; fold model 6 * (14 + 2).
+    (OS, 2, 2, 70, 6 * 16, 5400 / 1024),
 ]
 
 
@@ -194,12 +175,13 @@ def test_vector_instructions_take_their_elements_over_the_lanes() -> None:
 
 
 def test_sub_byte_data_moves_packed() -> None:
-    # 64 four-bit elements are 32 B: 4 channel cycles; 64 two-bit elements 16 B: 2.
+    # 64 four-bit elements are 32 B: 4 channel cycles; 64 two-bit elements 16 B: 2, started
+    # when the first one's transfer is over (the DMA keeps several in flight): 4 + 10 + 2.
     stats = timed("""
         load d=1 h=1 w=64 sw=1 bits=4
         load d=1 h=1 w=64 sw=1 bits=2
     """)
-    assert [(s.start_cycle, s.end_cycle) for s in stats.slots] == [(0, 14), (14, 26)]
+    assert [(s.start_cycle, s.end_cycle) for s in stats.slots] == [(0, 14), (4, 16)]
     assert stats.traffic_bytes["dram_read_bytes"] == 48
     assert stats.traffic_bytes["sp_write_bytes"] == 128  # one element per scratchpad byte
 
@@ -289,6 +271,7 @@ def conv_programs(draw: st.DrawFn) -> tuple[str, AccelConfig]:
         dram_bytes_per_cycle=draw(st.sampled_from([1, 4, 16, 64])),
         dram_latency_cycles=draw(st.sampled_from([0, 7, 100])),
         vector_lanes=draw(st.sampled_from([1, 8, 32])),
+        dma_outstanding_requests=draw(st.sampled_from([1, 2, 16])),
         scratchpad_kib=256,
         accumulator_kib=64,
     )
@@ -302,8 +285,8 @@ def conv_programs(draw: st.DrawFn) -> tuple[str, AccelConfig]:
         w_bits, a_bits = draw(st.sampled_from([2, 4, 8])), draw(st.sampled_from([2, 4, 8]))
         weights = n * (c_in // groups) * kh * kw
         lines += [
-            f"load d={c_in} h={ih} w={iw} bits={a_bits} signal=0b1",
-            f"load d={n} h=1 w={weights // n} bits={w_bits} signal=0b10",
+            f"load d={c_in} h={ih} w={iw} sd={ih * iw} sh={iw} sw=1 bits={a_bits} signal=0b1",
+            f"load d={n} h=1 w={weights // n} sd={weights // n} sw=1 bits={w_bits} signal=0b10",
             f"conv wait=0b11 c_in={c_in} ih={ih} iw={iw} n={n} groups={groups} kh={kh} kw={kw} "
             f"stride_h={stride} stride_w={stride} dil_h=1 dil_w=1 oh={oh} ow={ow} "
             f"w_bits={w_bits} a_bits={a_bits} signal=0b100",
@@ -314,7 +297,9 @@ def conv_programs(draw: st.DrawFn) -> tuple[str, AccelConfig]:
 
 @settings(max_examples=150, deadline=None)
 @given(conv_programs())
-def test_simulated_cycles_never_beat_the_roofline(case: tuple[str, AccelConfig]) -> None:
+def test_simulated_cycles_never_beat_the_roofline_and_engines_complete_in_order(
+    case: tuple[str, AccelConfig],
+) -> None:
     text, config = case
     tiles = (text.count("\n") + 1) // 4
     layers = [LayerRange(f"tile{i}", 4 * i, 4 * i + 4) for i in range(tiles)]
@@ -324,6 +309,14 @@ def test_simulated_cycles_never_beat_the_roofline(case: tuple[str, AccelConfig])
         assert row.roofline_cycles <= row.cycles and row.utilization <= 1
     for engine in stats.engines.values():
         assert engine.busy_cycles <= stats.total_cycles
+    # Each engine completes in program order, with at most k DMAs (else 1) in flight at once.
+    for engine in ("load", "compute", "store"):
+        slots = [s for s in stats.slots if s.engine == engine]
+        assert all(a.end_cycle <= b.end_cycle for a, b in pairwise(slots))
+        limit = config.dma_outstanding_requests if engine != "compute" else 1
+        for slot in slots:
+            in_flight = [s for s in slots if s.start_cycle <= slot.start_cycle < s.end_cycle]
+            assert len(in_flight) <= limit and slot.lane < limit
 
 
 def test_overlapping_layers_are_charged_only_what_they_add_to_the_run() -> None:

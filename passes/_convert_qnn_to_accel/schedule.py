@@ -5,9 +5,11 @@ of the scratchpad or accumulator (`Chip`) and blocks of DRAM tensors (`Box`). `S
 derives the dependencies (read after write, write after read, write after write) and turns
 them into tokens:
 
-- An engine runs its queue in order and completes one instruction before the next, so a
+- An engine runs its queue in order and completes its instructions in program order (the
+  load and store engines may have several DMAs in flight, `runtime.timing`, but no DMA reads
+  what an earlier one of its engine writes, and their writes land in program order), so a
   dependency on the same engine needs nothing, and of several on one other engine only the
-  newest matters.
+  newest matters: its signal means every earlier instruction of its engine has completed.
 - One counting token per ordered pair of engines (12 of the 16). A dependency producer ->
   consumer becomes a signal on the producer and a wait on the consumer. A consumer already
   ordered after an equal or newer producer on that engine (through an earlier wait of its
