@@ -1,12 +1,21 @@
-"""Test-wide settings: one BLAS thread, so numpy's timings do not collapse when the two cores of
-a shared machine are busy (two BLAS threads fighting another process ran 100x slower here)."""
+"""Test-wide settings.
+
+- One BLAS thread, so numpy's timings do not collapse when the two cores of a shared machine
+  are busy (two BLAS threads fighting another process ran 100x slower here).
+- No hypothesis deadline: a loaded machine (or `pytest -n 2` beside other jobs) makes any
+  example slow now and then, and a deadline then fails a correct test.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 from threadpoolctl import threadpool_limits
+
+settings.register_profile("dopant", deadline=None)
+settings.load_profile("dopant")
 
 
 @pytest.fixture(autouse=True, scope="session")

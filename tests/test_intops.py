@@ -16,7 +16,7 @@ from dopant.runtime import intops
 from dopant.runtime.intops import INT32_MAX, INT32_MIN
 
 I32 = st.integers(INT32_MIN, INT32_MAX)
-MANY = settings(max_examples=300, deadline=None)
+MANY = settings(max_examples=300)
 
 
 def test_srdhm_hand_computed_cases() -> None:

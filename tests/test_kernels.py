@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from dopant.dialects.shapes import window_out
 from dopant.runtime import kernels
 
-FAST = settings(max_examples=150, deadline=None)
+FAST = settings(max_examples=150)
 
 
 def assert_close(got: np.ndarray, ref: torch.Tensor | np.ndarray) -> None:
