@@ -353,10 +353,10 @@ def test_integer_add_subtracts_each_operands_own_zero_point(act: str, expected: 
     )
     a = np.array([10, -2, 127, -128, 3], np.int8)
     b = np.array([4, -10, 127, -128, -5], np.int8)
-    # Reals: 0.5 (a - 3) + 0.25 (b + 5) = 0.5 (7 + round((a - 3) + (b + 5) / 2) - 7), rounded
-    # once, half away from zero: (10, 4): 7 + 4.5 -> 12 + 7 = 19; (-2, -10): -5 - 2.5 -> -8,
-    # + 7 = -1; (127, 127): 190 + 7 -> 127; (-128, -128): -192.5 -> -193 + 7 -> -128; (3, -5)
-    # is 0 + 0 -> 7, the output's zero point. A fused relu clamps at that zero point, 7.
+    # The sum 0.5 (a - 3) + 0.25 (b + 5) at scale 0.5, zp 7: y = 7 + round((a - 3) + (b + 5) / 2),
+    # rounded once, half away from zero: (10, 4): 7 + 4.5 -> 12, + 7 = 19; (-2, -10): -5 - 2.5
+    # -> -8, + 7 = -1; (127, 127): 190 + 7 -> 127; (-128, -128): -192.5 -> -193, + 7 -> -128;
+    # (3, -5) is 0 + 0 -> 7, the output's zero point. A fused relu clamps at that zero point.
     assert run(parse(text), a, b)[0].tolist() == expected
 
 
