@@ -8,7 +8,8 @@ Methods (per tensor):
 - `minmax`: the observed min and max;
 - `percentile`: clip |x| at the given percentile (99.99 by default);
 - `mse`: the clip c that minimizes the expected squared error of quantizing to b bits, found
-  on a histogram of |x|: rounding noise (c / qmax)^2 / 12 inside, (|x| - c)^2 outside.
+  on a histogram of |x|: rounding noise (c / qmax)^2 / 12 inside, (|x| - c)^2 outside, and
+  none for exact zeros (on the grid at every clip; often half of a ReLU's outputs).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class _Stats:
     lo: float = math.inf
     hi: float = -math.inf
     histogram: np.ndarray = field(default_factory=lambda: np.zeros(HISTOGRAM_BINS, np.int64))
+    zeros: int = 0  # values exactly 0, also counted in the histogram's first bin
 
     @property
     def absmax(self) -> float:
@@ -55,6 +57,7 @@ class _Stats:
             return
         counts, _ = np.histogram(np.abs(x), bins=HISTOGRAM_BINS, range=(0.0, top))
         self.histogram += counts
+        self.zeros += int(np.count_nonzero(x == 0))
 
 
 def _levels(bits: int, signed: bool) -> int:
@@ -80,6 +83,7 @@ def mse_clip(stats: _Stats, bits: int) -> float:
         return stats.absmax
     centers = (np.arange(HISTOGRAM_BINS) + 0.5) * (stats.absmax / HISTOGRAM_BINS)
     counts = stats.histogram.astype(np.float64)
+    counts[0] -= stats.zeros  # zero point 0 puts exact zeros on the grid: no error at any clip
     levels = _levels(bits, signed=stats.lo < 0)
     # Candidate clips: the upper edges of the top 90% of bins (a clip below 10% of the max
     # is never optimal for >= 2 bits on real activations, and keeps the search to ~1.8k steps).

@@ -1,18 +1,51 @@
-"""Test-wide settings: one BLAS thread, so numpy's timings do not collapse when the two cores of
-a shared machine are busy (two BLAS threads fighting another process ran 100x slower here)."""
+"""Test-wide settings.
+
+- One BLAS thread, so numpy's timings do not collapse when the two cores of a shared machine
+  are busy (two BLAS threads fighting another process ran 100x slower here).
+- No hypothesis deadline: a loaded machine (or `pytest -n 2` beside other jobs) makes any
+  example slow now and then, and a deadline then fails a correct test.
+- Every test's `tmp_path` is its temporary directory: `tempfile` and subprocesses (TMPDIR)
+  create their files there, so what the code leaves behind on purpose (the driver's
+  reproducer of a failing pass) stays in pytest's own folders, which pytest prunes, not in
+  the system's temporary directory. Module- and session-scoped fixtures share one such
+  folder for the session.
+"""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from threadpoolctl import threadpool_limits
+
+settings.register_profile("dopant", deadline=None)
+settings.load_profile("dopant")
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_blas_thread() -> Iterator[None]:
     with threadpool_limits(limits=1, user_api="blas"):
         yield
+
+
+def _use_temp_dir(patch: pytest.MonkeyPatch, folder: Path) -> None:
+    patch.setattr(tempfile, "tempdir", str(folder))
+    patch.setenv("TMPDIR", str(folder))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        _use_temp_dir(patch, tmp_path_factory.mktemp("session-temp"))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _test_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _use_temp_dir(monkeypatch, tmp_path)
 
 
 # A machine so small that every layer of a small network is cut into many tiles: row

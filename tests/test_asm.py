@@ -60,7 +60,7 @@ CODE = (
 )
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(st.lists(instructions(), max_size=8))
 def test_random_programs_round_trip_through_text(code: list[Instruction]) -> None:
     text = format_program(code)

@@ -214,7 +214,7 @@ def test_every_truncation_is_refused() -> None:
         refused(DATA[:length], "truncated|file size at byte offset 48")
 
 
-@settings(max_examples=200, deadline=2000)
+@settings(max_examples=200)
 @given(st.lists(st.integers(0, len(DATA) * 8 - 1), min_size=1, max_size=4, unique=True))
 def test_bit_flips_are_refused(bits: list[int]) -> None:
     data = bytearray(DATA)
@@ -223,7 +223,7 @@ def test_bit_flips_are_refused(bits: list[int]) -> None:
     refused(bytes(data))
 
 
-@settings(max_examples=1000, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_overwrites_behind_a_valid_checksum_are_refused_or_harmless(data: st.DataObject) -> None:
     payloads = sections_of(DATA)
@@ -260,7 +260,7 @@ def mutate(value: Any, data: st.DataObject) -> Any:
     return data.draw(json_values())
 
 
-@settings(max_examples=500, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_json_sections_with_wrong_values_are_refused_or_harmless(data: st.DataObject) -> None:
     payloads = sections_of(DATA)
@@ -273,7 +273,7 @@ def test_json_sections_with_wrong_values_are_refused_or_harmless(data: st.DataOb
         assert NAMES_A_PLACE.search(str(error)), str(error)
 
 
-@settings(max_examples=100, deadline=2000)
+@settings(max_examples=100)
 @given(st.integers(0, 4), st.sampled_from([0, 4, 8, 12, 16]), st.integers(0, (1 << 64) - 1))
 def test_bad_section_table_entries_are_refused(entry: int, field: int, value: int) -> None:
     data = bytearray(DATA)
@@ -287,7 +287,7 @@ def test_bad_section_table_entries_are_refused(entry: int, field: int, value: in
 
 
 @given(st.binary(min_size=32, max_size=32))
-@settings(max_examples=20, deadline=2000)
+@settings(max_examples=20)
 def test_a_config_hash_that_is_not_the_configs_is_refused(config_hash: bytes) -> None:
     data = bytearray(DATA)
     data[16:48] = config_hash
@@ -295,7 +295,7 @@ def test_a_config_hash_that_is_not_the_configs_is_refused(config_hash: bytes) ->
         refused(reseal(data), "^the config hash at byte offset 16 is not the hash of the embedded")
 
 
-@settings(max_examples=100, deadline=2000)
+@settings(max_examples=100)
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_are_refused(noise: bytes) -> None:
     refused(noise)
@@ -470,7 +470,7 @@ def instructions() -> st.SearchStrategy[Instruction]:
     return st.one_of([of(d) for d in ISA])
 
 
-@settings(max_examples=300, deadline=2000)
+@settings(max_examples=300)
 @given(st.lists(instructions(), min_size=1, max_size=3))
 def test_random_instructions_are_loaded_or_refused_by_index_and_field(
     code: list[Instruction],

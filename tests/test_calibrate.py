@@ -79,6 +79,30 @@ def test_mse_clip_matches_brute_force_on_a_gaussian() -> None:
     assert 2.2 < mse_clip(stats, 4) < 2.9
 
 
+def test_mse_clip_on_relu_outputs_is_the_brute_force_optimum_of_an_unsigned_grid() -> None:
+    # relu of a unit Gaussian: half the values are exactly 0, the rest half-normal. Quantized
+    # unsigned with zero point 0, a clip c gives 2^b - 1 steps of c / (2^b - 1) above 0.
+    module = parse_ir(NET)
+    data = np.random.default_rng(2).standard_normal((25_000, 4)).astype(np.float32)
+    calibrate(module, data, "mse", batch_size=25_000)
+    x = np.maximum(data.astype(np.float64), 0.0).ravel()
+    grid = np.arange(0.5, 4.0, 0.01)  # the clips scanned
+    for bits in (2, 4):
+        levels = (1 << bits) - 1
+
+        def error(clip: float, levels: int = levels) -> float:
+            step = clip / levels
+            return float(np.mean((x - np.clip(np.round(x / step), 0, levels) * step) ** 2))
+
+        errors = [error(c) for c in grid]
+        brute = grid[int(np.argmin(errors))]  # 1.95 at 2 bits, 2.93 at 4 bits
+        lo, hi = _relu_calib(module).ranges[bits]
+        # The histogram's clip is as good as the best one scanned, and as near it as the
+        # flat bottom of the curve allows (3 grid steps at 4 bits, 1 at 2 bits).
+        assert lo == 0.0 and error(hi) <= 1.002 * min(errors), (bits, hi, brute)
+        assert abs(hi - brute) <= 0.05, (bits, hi, brute)
+
+
 def test_percentile_of_an_empty_histogram_is_the_max() -> None:
     stats = _Stats()
     stats.observe_range(np.zeros(4))

@@ -36,7 +36,7 @@ def test_compile_keeps_every_stage_and_runs_bit_exact_to_the_reference() -> None
         compile(model, torch.from_numpy(x[:1]), target="small8")
 
 
-def test_a_failing_pass_names_its_stage_and_saves_a_reproducer(tiny: str) -> None:
+def test_a_failing_pass_names_its_stage_and_saves_a_reproducer(tiny: str, tmp_path: Path) -> None:
     # One output row of a 3x3 conv over 3 rows of 2000 columns needs 6,000 scratchpad bytes
     # twice, more than the 1 KiB the machine has.
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()).eval()
@@ -47,6 +47,10 @@ def test_a_failing_pass_names_its_stage_and_saves_a_reproducer(tiny: str) -> Non
     assert "stage 'tiled' failed in pass 'tile'" in message and "no tiling of" in message
     saved = Path(message.split("The IR before that pass is in ")[1].split(";")[0])
     assert "qnn.conv2d" in saved.read_text() and "dopant opt " + str(saved) in message
+    # In a dopant-* folder of the temporary directory: the test's own (conftest), so a test
+    # run leaves no reproducer in the system's.
+    assert saved.parent.parent == tmp_path and saved.parent.name.startswith("dopant-")
+    assert saved.name == "before-tile.mlir"
 
 
 def test_cli_compile_writes_a_binary_and_emits_a_stage(

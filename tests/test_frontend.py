@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,12 +13,14 @@ from dopant.compiler.irio import ir_text, parse_ir
 from dopant.compiler.models import zoo
 from dopant.compiler.summary import op_counts
 from dopant.dialects.qnn import (
+    AvgPool2DOp,
     Conv2DOp,
     LinearOp,
     MaxPool2DOp,
     QnnOp,
 )
 from dopant.dialects.qnn.base import ints
+from dopant.runtime import reference
 from dopant.support.errors import InputError, UnsupportedOpsError
 
 
@@ -83,6 +86,38 @@ def test_explicit_padding_folds_into_the_following_conv_and_pools() -> None:
     (pool,) = _ops(module, MaxPool2DOp)
     assert ints(pool.padding) == (1, 0, 1, 0) and pool.zero_pad is not None
     assert "constant_pad" not in ir_text(module)
+
+
+class LopsidedPads(nn.Module):
+    """F.pad with left != top and right != bottom before a conv, a max pool and an avg pool,
+    so reading F.pad's (left, right, top, bottom) in another order changes the result."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(F.pad(x, (1, 2, 3, 0)))  # left 1, right 2, top 3, bottom 0
+        y = F.max_pool2d(F.pad(y, (0, 1, 2, 0)), 2)  # left 0, right 1, top 2, bottom 0
+        return F.avg_pool2d(F.pad(y, (2, 0, 0, 1)), 2, stride=1)  # left 2, bottom 1
+
+
+def test_lopsided_f_pad_is_read_as_left_right_top_bottom_and_matches_torch() -> None:
+    model = LopsidedPads().eval()
+    x = torch.randn(1, 2, 7, 9, generator=torch.Generator().manual_seed(0))
+    module = import_model(model, x)
+    (conv,) = _ops(module, Conv2DOp)
+    (pool,) = _ops(module, MaxPool2DOp)
+    (avg,) = _ops(module, AvgPool2DOp)
+    # qnn's padding is [top, bottom, left, right].
+    assert ints(conv.padding) == (3, 0, 1, 2)
+    assert ints(pool.padding) == (2, 0, 0, 1)
+    assert ints(avg.padding) == (0, 1, 2, 0)
+    with torch.no_grad():
+        want = model(x).numpy()
+    (got,) = reference.run(module, x.numpy())
+    assert got.shape == want.shape == (1, 4, 5, 6)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
 class Unsupported(nn.Module):

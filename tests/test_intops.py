@@ -16,7 +16,7 @@ from dopant.runtime import intops
 from dopant.runtime.intops import INT32_MAX, INT32_MIN
 
 I32 = st.integers(INT32_MIN, INT32_MAX)
-MANY = settings(max_examples=300, deadline=None)
+MANY = settings(max_examples=300)
 
 
 def test_srdhm_hand_computed_cases() -> None:
@@ -264,3 +264,29 @@ def test_activation_range_follows_tflite() -> None:
     # A bound outside the type is cut to it: 6 / 0.01 = 600 > 127.
     lo, hi = intops.activation_range(0.0, 6.0, 0.01, 0, -128, 127)
     assert (int(lo), int(hi)) == (0, 127)
+
+
+@pytest.mark.parametrize("rounding", intops.ROUNDINGS)
+def test_add_rescaled_subtracts_each_operands_own_zero_point(rounding: str) -> None:
+    # lhs at S 0.5, zp 3; rhs at S 0.25, zp -5; out at S 0.5, zp 7. The multipliers S_x / S_out
+    # are exactly 1.0 and 0.5, so (lhs - 3) * 2^20 + (rhs + 5) * 2^19 is exact and the sum is
+    # rounded once, half away from zero: q = 7 + round((lhs - 3) + (rhs + 5) / 2).
+    # (10, 4): 7 + 9 / 2 = 11.5 -> 12, + 7 = 19. (-2, -10): -5 - 5 / 2 = -7.5 -> -8, + 7 = -1.
+    # (127, 127): 124 + 66 = 190, + 7 = 197 -> 127. (-128, -128): -131 - 61.5 -> -193 + 7 -> -128.
+    # (3, -5): both operands at their zero points, so the output is at its own: 7.
+    lhs = np.array([10, -2, 127, -128, 3])
+    rhs = np.array([4, -10, 127, -128, -5])
+    multipliers = intops.quantize_multiplier(1.0), intops.quantize_multiplier(0.5)
+    got = intops.add_rescaled(lhs, rhs, (3, -5, 7), *multipliers, -128, 127, rounding)
+    assert got.tolist() == [19, -1, 127, -128, 7]
+
+
+def test_activation_range_rounds_ties_away_from_zero() -> None:
+    # clamp(-0.5, 2.5) at scale 1, zp 4: the bounds are exact ties, -0.5 -> -1 and 2.5 -> 3
+    # away from zero, so [4 - 1, 4 + 3] = [3, 7] (half to even gives [4, 6], half up [4, 7]).
+    lo, hi = intops.activation_range(-0.5, 2.5, 1.0, 4, -128, 127)
+    assert (int(lo), int(hi)) == (3, 7)
+    # Per channel, clamp(-2.5, 4.5): at scale 1 -2.5 -> -3 and 4.5 -> 5 (half to even: -2, 4);
+    # at scale 0.5 the bounds are exactly -5 and 9.
+    lo, hi = intops.activation_range(-2.5, 4.5, [1.0, 0.5], [0, 0], -128, 127)
+    assert lo.tolist() == [-3, -5] and hi.tolist() == [5, 9]

@@ -38,7 +38,7 @@ def test_the_table_keeps_its_invariants() -> None:
     assert [f.name for f in HEADER] == ["opcode", "wait", "signal"]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(instructions())
 def test_decode_inverts_encode(instruction: Instruction) -> None:
     data = encode(instruction)
@@ -46,7 +46,7 @@ def test_decode_inverts_encode(instruction: Instruction) -> None:
     assert decode(data) == instruction
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50)
 @given(st.lists(instructions(), min_size=1, max_size=5), st.integers(0, 40))
 def test_decode_reads_at_an_offset(code: list[Instruction], prefix: int) -> None:
     data = bytes(prefix) + b"".join(encode(i) for i in code)

@@ -20,7 +20,7 @@ from dopant.dialects.shapes import window_out
 from dopant.runtime import kernels
 from dopant.runtime.kernels import Pool
 
-FAST = settings(max_examples=150, deadline=None)
+FAST = settings(max_examples=150)
 
 
 def assert_close(got: np.ndarray, ref: torch.Tensor | np.ndarray) -> None:

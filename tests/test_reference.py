@@ -335,6 +335,31 @@ def test_integer_add_rescales_both_operands_and_saturates() -> None:
     assert run(parse(text), a, b)[0].tolist() == [8, -9, 127]
 
 
+@pytest.mark.parametrize(
+    ("act", "expected"),
+    [("", [19, -1, 127, -128, 7]), ("act <relu> ", [19, 7, 127, 7, 7])],
+    ids=["plain", "relu"],
+)
+def test_integer_add_subtracts_each_operands_own_zero_point(act: str, expected: list[int]) -> None:
+    s8 = ty((5,), "si8")
+    text = func(
+        f"%a: {s8}, %b: {s8}",
+        s8,
+        [
+            "%y = qnn.add %a, %b from <si8, scale = [0.5], zp = [3]>, "
+            "<si8, scale = [0.25], zp = [-5]> to <si8, scale = [0.5], zp = [7]> "
+            f'rounding "gemmlowp" {act}at "block.add" : ({s8}, {s8}) -> {s8}'
+        ],
+    )
+    a = np.array([10, -2, 127, -128, 3], np.int8)
+    b = np.array([4, -10, 127, -128, -5], np.int8)
+    # The sum 0.5 (a - 3) + 0.25 (b + 5) at scale 0.5, zp 7: y = 7 + round((a - 3) + (b + 5) / 2),
+    # rounded once, half away from zero: (10, 4): 7 + 4.5 -> 12, + 7 = 19; (-2, -10): -5 - 2.5
+    # -> -8, + 7 = -1; (127, 127): 190 + 7 -> 127; (-128, -128): -192.5 -> -193, + 7 -> -128;
+    # (3, -5) is 0 + 0 -> 7, the output's zero point. A fused relu clamps at that zero point.
+    assert run(parse(text), a, b)[0].tolist() == expected
+
+
 def test_integer_add_without_parameters_does_not_verify() -> None:
     s8 = ty((2,), "si8")
     text = func(f"%a: {s8}, %b: {s8}", s8, [f'%y = qnn.add %a, %b at "add" : ({s8}, {s8}) -> {s8}'])

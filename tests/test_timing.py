@@ -295,7 +295,7 @@ def conv_programs(draw: st.DrawFn) -> tuple[str, AccelConfig]:
     return "\n".join(lines), config
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150)
 @given(conv_programs())
 def test_simulated_cycles_never_beat_the_roofline_and_engines_complete_in_order(
     case: tuple[str, AccelConfig],
