@@ -16,6 +16,7 @@ into it (Gemmini's accumulator rows are DIM words wide: a mvin to it writes one 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import tomllib
@@ -192,6 +193,15 @@ class AccelConfig:
 
     def with_changes(self, **changes: Any) -> AccelConfig:
         return dataclasses.replace(self, **changes)
+
+    def __hash__(self) -> int:
+        return self._field_hash
+
+    @functools.cached_property
+    def _field_hash(self) -> int:
+        # Computed once: the tiler's caches hash the config on every lookup (tens of thousands
+        # per network), and the dataclass hash would rebuild the tuple of all fields each time.
+        return hash(tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
 
     # ---- identity and files ---------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from dopant.passes.tiling.conv import ConvBuffers, array_bits, tile_counts
 from dopant.passes.tiling.cost import (
     Estimate,
     balanced_rows,
+    conv_compute_cycles,
     conv_estimate,
     largest,
     options,
@@ -118,6 +119,13 @@ def _estimate(shape: ConvShape, plan: ConvPlan, config: AccelConfig) -> Estimate
         return None
 
 
+def _compute_cycles(shape: ConvShape, plan: ConvPlan, config: AccelConfig) -> int | None:
+    try:
+        return conv_compute_cycles(shape, plan, config)
+    except IsaError:  # a field too wide for the instruction: not a candidate
+        return None
+
+
 def _conv_candidates(shape: ConvShape, config: AccelConfig) -> list[tuple[int, int]]:
     """(n, c) pairs to try: n a multiple of the array's columns (or whole groups), c a K-chunk
     whose taps fill the array's rows."""
@@ -161,6 +169,11 @@ def _cheapest_conv(shape: ConvShape, config: AccelConfig) -> ConvPlan | None:
 
         for rows in balanced_rows(shape.oh, largest(fits, shape.oh)):
             n_tiles, r_tiles, _ = tile_counts(shape, ConvPlan(n, rows, c, "nrc", 0))
+            # A plan whose convs alone take longer than the best plan's estimate cannot win
+            # (the estimate charges those convs and more): skip its full estimate.
+            floor = _compute_cycles(shape, ConvPlan(n, rows, c, "nrc", 0), config)
+            if floor is None or (best is not None and floor > best[0][0]):
+                continue
             orders = ORDERS if n_tiles > 1 and r_tiles > 1 else ORDERS[:1]
             for order in orders:
                 plan = ConvPlan(n, rows, c, order, 0)
