@@ -23,7 +23,7 @@ def quantized(name: str) -> object:
 
 @pytest.mark.parametrize(
     ("name", "target", "dataflow"),
-    [("lenet5", "small8", "ws"), ("resnet8", "edge16", "os"), ("mobilenetv2", "large32", "ws")],
+    [("lenet5", "small8", "ws"), ("resnet8", "edge16", "os"), ("resnet20", "large32", "ws")],
 )
 def test_the_oracle_equals_the_compiled_binarys_timing(
     name: str, target: str, dataflow: str
