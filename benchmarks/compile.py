@@ -37,6 +37,7 @@ and torch thread, so the figures do not depend on a neighbour's load.
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -177,6 +178,11 @@ def _oracle_table(rows: list[Row], target: str, repeats: int) -> str:
         f"{'cycles':>12}  same as the binary"
     )
     lines = [header, "-" * len(header)]
+    # The compiles above keep every stage's IR of 42 networks alive; the garbage collector would
+    # walk all of it inside the timed calls. Freeze what exists, as a loop holding one network
+    # would not carry it.
+    gc.collect()
+    gc.freeze()
     for r in rows:
         if r.target != target or r.compiled.config.dataflow != "ws":
             continue

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-_DRIVER = ("compile", "compile_module", "CompiledModel", "CompileError", "STAGES")
+_DRIVER = (
+    "compile",
+    "compile_module",
+    "quantize_network",
+    "latency",
+    "CompiledModel",
+    "CompileError",
+    "STAGES",
+)
 
 
 def __getattr__(name: str) -> Any:
