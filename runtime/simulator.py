@@ -43,17 +43,20 @@ class Values:
     values: dict[str, np.ndarray]  # int64 intermediate values by debug-map name, when asked for
 
 
-def execute(instructions: Sequence[Instruction], mem: Memories) -> None:
-    """Run `instructions` on `mem` in token order; SimulationError (naming the instruction) if
-    one cannot run or the program deadlocks."""
+def token_order(instructions: Sequence[Instruction]) -> tuple[int, ...]:
+    """The order the engines run `instructions` in: repeatedly the earliest-in-program queue
+    head whose wait tokens are all positive. It depends on the instructions alone (no
+    instruction's effect on memory changes a token), so a program computes it once for all its
+    runs. SimulationError naming the blocked instructions if the tokens deadlock."""
     queues = engine_queues(instructions)
     heads = dict.fromkeys(queues, 0)
     waits = [token_list(i["wait"]) for i in instructions]
     counts = [0] * TOKENS
+    order: list[int] = []
     while True:
         pending = [q[heads[e]] for e, q in queues.items() if heads[e] < len(q)]
         if not pending:
-            return
+            return tuple(order)
         runnable = [i for i in pending if all(counts[t] > 0 for t in waits[i])]
         if not runnable:
             remaining = sum(len(q) - heads[e] for e, q in queues.items())
@@ -62,14 +65,25 @@ def execute(instructions: Sequence[Instruction], mem: Memories) -> None:
         instruction = instructions[index]
         for token in waits[index]:
             counts[token] -= 1
+        order.append(index)
+        for token in token_list(instruction["signal"]):
+            counts[token] += 1
+        heads[instruction.engine] += 1
+
+
+def execute(
+    instructions: Sequence[Instruction], mem: Memories, order: Sequence[int] | None = None
+) -> None:
+    """Run `instructions` on `mem` in token order (`order`, from `token_order`, when the caller
+    has it); SimulationError (naming the instruction) if one cannot run or the tokens
+    deadlock."""
+    for index in token_order(instructions) if order is None else order:
+        instruction = instructions[index]
         try:
             OPS[instruction.op](instruction.fields(), mem)
         except (SimulationError, ValueError) as error:
             # intops raises ValueError for parameters out of range (a shift of 40, say).
             raise SimulationError(f"{describe(index, instruction)}: {error}") from None
-        for token in token_list(instruction["signal"]):
-            counts[token] += 1
-        heads[instruction.engine] += 1
 
 
 def _count_check(kind: str, descs: Sequence[TensorDesc], given: int) -> None:
@@ -131,7 +145,10 @@ def _read(mem: Memories, descs: Sequence[TensorDesc], what: str) -> list[np.ndar
 
 
 def simulate(
-    program: ProgramImage, raw_inputs: Sequence[np.ndarray], keep_values: bool = False
+    program: ProgramImage,
+    raw_inputs: Sequence[np.ndarray],
+    keep_values: bool = False,
+    order: Sequence[int] | None = None,
 ) -> Values:
     """Run `program` on already-quantized, checked inputs (`quantize_inputs`,
     `check_raw_inputs`); with `keep_values` read back every value of the debug map."""
@@ -143,7 +160,7 @@ def simulate(
             write_dense(mem.dram, desc.dram, values, desc.bits, desc.signed)
     except SimulationError as error:
         raise SimulationError(f"the program's DRAM image cannot be built: {error}") from None
-    execute(program.instructions, mem)
+    execute(program.instructions, mem, order)
     raw = tuple(_read(mem, program.outputs, "outputs"))
     kept = program.values if keep_values else ()
     debug = dict(zip((d.name for d in kept), _read(mem, kept, "debug values"), strict=True))
