@@ -260,7 +260,7 @@ def mutate(value: Any, data: st.DataObject) -> Any:
     return data.draw(json_values())
 
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_json_sections_with_wrong_values_are_refused_or_harmless(data: st.DataObject) -> None:
     payloads = sections_of(DATA)

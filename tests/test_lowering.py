@@ -361,7 +361,7 @@ def networks(draw: st.DrawFn) -> tuple[nn.Module, tuple[int, int, int]]:
     return nn.Sequential(*layers), input_shape
 
 
-@settings(max_examples=16)
+@settings(max_examples=12)
 @given(
     networks(),
     st.sampled_from(["small8", "edge16", "large32", "tiny"]),
