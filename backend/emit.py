@@ -11,7 +11,7 @@ from __future__ import annotations
 from xdsl.dialects.builtin import IntegerAttr, ModuleOp, Signedness
 
 from dopant.backend.binary import write_program
-from dopant.backend.config_attr import module_target
+from dopant.backend.config_attr import module_source, module_target
 from dopant.backend.image import LayerGemm, LayerRange, ProgramImage, Segment, TensorDesc
 from dopant.dialects.accel import InstructionOp, LayerOp, SegmentOp, TensorOp
 from dopant.support.errors import DopantError
@@ -95,6 +95,7 @@ def emit_image(module: ModuleOp) -> ProgramImage:
         _dram_bytes(module),
         tuple(tensors["value"]),
         tuple(gemms),
+        module_source(module),
     )
 
 

@@ -134,6 +134,7 @@ class ProgramImage:
     dram_bytes: int
     values: tuple[TensorDesc, ...] = ()  # debug map: where each layer's output is left in DRAM
     gemms: tuple[LayerGemm, ...] = ()  # debug map: each conv/linear layer's untiled GEMM
+    source: str = ""  # debug map: "sha256:..." of the quantized IR's text, "" when unknown
 
     def accel_config(self) -> AccelConfig:
         """The machine this program was compiled for, rebuilt from `config`."""

@@ -32,6 +32,7 @@ from dopant.support.errors import InputError
 ACT_BITS = (8, 4, 2)  # the activation widths quantize offers (BitFusion bricks)
 HISTOGRAM_BINS = 2048  # over [0, max |x|]; TensorRT's entropy calibrator uses 2048 as well
 INPUT = "<input>"
+CALIBRATION_ATTR = "qnn.calibration"  # module attribute: the method and sample count used
 
 
 @dataclass
@@ -190,7 +191,7 @@ def calibrate(
     fn = forward(module, "to calibrate")
     calib = CalibrationAttr.get(method, _ranges(stats[INPUT], method, percentile))
     fn.arg_attrs = _with_arg_calib(fn, calib)
-    module.attributes["qnn.calibration"] = StringAttr(f"{method} on {len(data)} samples")
+    module.attributes[CALIBRATION_ATTR] = StringAttr(f"{method} on {len(data)} samples")
     return module
 
 

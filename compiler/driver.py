@@ -22,8 +22,10 @@ timing model needs, for the co-design loop's many latency queries.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +36,11 @@ import torch
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.passes import ModulePass
 
-from dopant.backend.config_attr import set_module_target
+from dopant.backend.config_attr import set_module_source, set_module_target
 from dopant.backend.emit import emit_binary, layer_gemm, layer_ranges
 from dopant.backend.presets import load_target
 from dopant.backend.target import AccelConfig
-from dopant.compiler.calibrate import calibrate
+from dopant.compiler.calibrate import CALIBRATION_ATTR, calibrate
 from dopant.compiler.frontend import import_model
 from dopant.compiler.irio import ir_text
 from dopant.compiler.pipeline import parse, run_pipeline
@@ -47,12 +49,13 @@ from dopant.dialects.qnn import QnnOp
 from dopant.dialects.qnn.base import is_float
 from dopant.passes.convert_qnn_to_accel import lower_network
 from dopant.passes.quantize import QuantizePass
+from dopant.passes.set_bits import parse_entries
 from dopant.passes.tile import TilePass
 from dopant.runtime.loader import load
 from dopant.runtime.program import Program, RunResult
 from dopant.runtime.stats import RunStats, run_stats
 from dopant.runtime.timing import schedule
-from dopant.support.errors import DopantError, InputError
+from dopant.support.errors import DopantError, DopantWarning, InputError
 from dopant.support.files import write_atomic
 
 STAGES = ("imported", "canonical", "calibrated", "quantized", "tiled", "accel")
@@ -98,12 +101,38 @@ def quantize_pass(options: dict[str, Any]) -> QuantizePass:
     """The quantize pass with `options` (QuantizePass's fields); bad option names fail here,
     before any work."""
     try:
-        return QuantizePass(**options)
+        quantizer = QuantizePass(**options)
     except TypeError:
         valid = ", ".join(f.name for f in dataclasses.fields(QuantizePass))
         raise InputError(
             f"unknown quantize option(s) {sorted(options)}; the options are {valid}."
         ) from None
+    quantizer.check_options()
+    return quantizer
+
+
+def check_widths(config: AccelConfig, options: dict[str, Any]) -> None:
+    """Warn (DopantWarning) for each bit width in the quantize `options` that `config`'s array
+    does not fuse to: the layer runs on the next wider lanes, its values still at their width
+    (same results, no speedup). Runs before any work, from the options alone."""
+    wanted = {
+        "weight": {options.get("weight_bits", 8), options.get("first_last_bits") or 8},
+        "activation": {options.get("act_bits", 8), options.get("first_last_bits") or 8},
+    }
+    for _, _, w, a in parse_entries(options.get("overrides", ())):
+        wanted["weight"] |= {w} - {0}  # 0: the entry leaves this width to the defaults
+        wanted["activation"] |= {a} - {0}
+    for kind, widths in wanted.items():
+        has = config.weight_bits if kind == "weight" else config.act_bits
+        for bits in sorted(b for b in widths if b not in has):
+            wider = next((w for w in sorted(has) if w > bits), None)
+            warnings.warn(
+                f"'{config.name}' has no {bits}-bit {kind} lanes (it fuses to "
+                f"{', '.join(map(str, has))} bits): {bits}-bit {kind}s run on its "
+                f"{wider}-bit lanes, with the same results and no speedup.",
+                DopantWarning,
+                stacklevel=1,
+            )
 
 
 def quantize_network(
@@ -150,8 +179,30 @@ def _run_stage(stage: str, module: ModuleOp, passes: Sequence[ModulePass]) -> No
             ) from error
 
 
-def _is_quantized(module: ModuleOp) -> bool:
+def source_digest(module: ModuleOp) -> str:
+    """'sha256:' and the digest of `module`'s IR text: what a binary records of the quantized
+    IR it was compiled from (`dopant compile --emit quantized` prints that text)."""
+    return "sha256:" + hashlib.sha256(ir_text(module).encode()).hexdigest()
+
+
+def check_compiled_from(program_source: str, quantized: ModuleOp, ir_name: str) -> None:
+    """InputError if the binary recorded a source digest and `quantized` is not that IR."""
+    if program_source and program_source != source_digest(quantized):
+        raise InputError(
+            f"{ir_name} is not the IR this binary was compiled from (the binary records the "
+            "digest of its quantized IR, and this one differs); give the IR that "
+            "`dopant compile ... --emit quantized` printed for it."
+        )
+
+
+def is_quantized(module: ModuleOp) -> bool:
+    """Whether `module` holds integer layers (quantize has run)."""
     return any(isinstance(op, QnnOp) and not is_float(op.results[0]) for op in module.walk())
+
+
+def is_calibrated(module: ModuleOp) -> bool:
+    """Whether float `module` carries activation ranges (calibrate has run)."""
+    return CALIBRATION_ATTR in module.attributes
 
 
 def compile_module(
@@ -175,6 +226,7 @@ def compile_module(
     if dataflow:
         config = config.with_changes(dataflow=dataflow)
     quantizer = quantize_pass(quantize_options)
+    check_widths(config, quantize_options)
     stages: dict[str, ModuleOp] = {}
     seconds: dict[str, float] = {}
     module = module.clone()
@@ -188,7 +240,7 @@ def compile_module(
         start = time.perf_counter()
 
     stages["imported"] = module.clone()
-    quantized = _is_quantized(module)
+    quantized = is_quantized(module)
     if quantized and pipeline is not None:
         raise CompileError(
             "the input IR is already quantized, so the float pipeline "
@@ -202,6 +254,7 @@ def compile_module(
         keep("calibrated")
         _run_stage("quantized", module, [quantizer])
     keep("quantized")
+    set_module_source(module, source_digest(stages["quantized"]))
     set_module_target(module, config)  # the machine travels in the IR, reproducers included
     _run_stage("tiled", module, [TilePass()])
     keep("tiled")
@@ -224,7 +277,7 @@ def latency(module: ModuleOp, target: str | AccelConfig = "edge16") -> RunStats:
     Fails like `tile` and `convert-qnn-to-accel` do, and on float IR (quantize it first).
     """
     config = target if isinstance(target, AccelConfig) else load_target(target)
-    if not _is_quantized(module):
+    if not is_quantized(module):
         raise CompileError(
             "latency needs quantized qnn IR; run quantize_network (or dopant quantize) first."
         )

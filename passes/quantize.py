@@ -92,7 +92,7 @@ class QuantizePass(ModulePass):
     output_bits: int = 8
     overrides: tuple[str, ...] = ()
 
-    def _check_options(self) -> None:
+    def check_options(self) -> None:
         check_bits("weight-bits", self.weight_bits)
         check_bits("act-bits", self.act_bits)
         check_bits("output-bits", self.output_bits)
@@ -109,7 +109,7 @@ class QuantizePass(ModulePass):
             )
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
-        self._check_options()
+        self.check_options()
         fn = forward(op, "to quantize")
         _check_ready(fn)
         set_layer_bits(fn, self.overrides)

@@ -26,12 +26,11 @@ def check_bits(name: str, bits: int) -> None:
         raise DopantError(f"{name}={bits} is not supported; use 2, 4 or 8 bits.")
 
 
-def set_layer_bits(root: Operation, entries: Iterable[str]) -> None:
-    """Write `bits = #qnn.bits<...>` on the float conv2d/linear layers below `root` that
-    `entries` name: `conv1=w8a8`, `fc=w8`, `layer1.0.conv1=a4` (one string may also hold several,
-    separated by commas). A width an entry leaves out keeps the one the layer carries already,
-    if any; a later entry wins over an earlier one."""
-    layers = {op.path.data: op for op in root.walk() if isinstance(op, LAYERS)}
+def parse_entries(entries: Iterable[str]) -> list[tuple[str, str, int, int]]:
+    """(entry, path, weight bits, act bits; 0 = left out) of each `path=wXaY` entry in
+    `entries` (one string may hold several, separated by commas); DopantError naming the first
+    malformed entry or unsupported width. Needs no IR, so the CLI checks options up front."""
+    parsed = []
     for entry in (part.strip() for text in entries for part in text.split(",")):
         if not entry:
             continue
@@ -40,22 +39,45 @@ def set_layer_bits(root: Operation, entries: Iterable[str]) -> None:
             raise DopantError(
                 f"override '{entry}' is not of the form path=wXaY (e.g. conv1=w8a8, fc=w8)."
             )
-        op = layers.get(match["path"])
-        if op is None:
-            raise DopantError(
-                f"override '{entry}' names no conv or linear layer; the layers are: "
-                f"{', '.join(layers)}."
-            )
-        if not is_float(op.input):
-            raise DopantError(
-                f"{op.where} is an integer layer, whose widths are in its types; set bits on "
-                "float IR, before quantize."
-            )
         w, a = int(match["w"] or 0), int(match["a"] or 0)
         if w:
             check_bits(f"the weight bits of '{entry}'", w)
         if a:
             check_bits(f"the activation bits of '{entry}'", a)
+        parsed.append((entry, match["path"], w, a))
+    return parsed
+
+
+def _layers(root: Operation) -> dict[str, Conv2DOp | LinearOp]:
+    return {op.path.data: op for op in root.walk() if isinstance(op, LAYERS)}
+
+
+def check_layer_paths(root: Operation, entries: Iterable[str]) -> None:
+    """DopantError if an entry names no conv or linear layer below `root` (before any work that
+    the wrong path would waste)."""
+    layers = _layers(root)
+    for entry, path, _, _ in parse_entries(entries):
+        if path not in layers:
+            raise DopantError(
+                f"override '{entry}' names no conv or linear layer; the layers are: "
+                f"{', '.join(layers)}."
+            )
+
+
+def set_layer_bits(root: Operation, entries: Iterable[str]) -> None:
+    """Write `bits = #qnn.bits<...>` on the float conv2d/linear layers below `root` that
+    `entries` name: `conv1=w8a8`, `fc=w8`, `layer1.0.conv1=a4` (one string may also hold several,
+    separated by commas). A width an entry leaves out keeps the one the layer carries already,
+    if any; a later entry wins over an earlier one."""
+    check_layer_paths(root, entries)
+    layers = _layers(root)
+    for _, path, w, a in parse_entries(entries):
+        op = layers[path]
+        if not is_float(op.input):
+            raise DopantError(
+                f"{op.where} is an integer layer, whose widths are in its types; set bits on "
+                "float IR, before quantize."
+            )
         old = op.attributes.get(BITS_ATTR)
         if isinstance(old, BitsAttr):
             w, a = w or old.weight.data, a or old.act.data

@@ -37,3 +37,8 @@ class ExecutionError(DopantError):
 
 class IRError(DopantError):
     """IR text that does not parse or verify; the message carries file:line:col or the op."""
+
+
+class DopantWarning(UserWarning):
+    """Something the user should know that does not stop the work (an untrained model, a bit
+    width the machine runs wider); the CLI prints each as one `dopant: warning:` line."""

@@ -10,16 +10,26 @@ from pathlib import Path
 from dopant.support.errors import InputError
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
-    """Write `data` to `path` through a temporary file in the same folder, then rename it."""
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """InputError unless `path`'s folder exists and `path` is not a folder: checked before the
+    work whose result goes there."""
     target = Path(path)
-    payload = data.encode() if isinstance(data, str) else data
     folder = target.parent
     if not folder.is_dir():
         raise InputError(
             f"cannot write '{target}': the folder '{folder}' does not exist; "
             "create it or choose another output path."
         )
+    if target.is_dir():
+        raise InputError(f"cannot write '{target}': it is a folder; give a file name.")
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
+    """Write `data` to `path` through a temporary file in the same folder, then rename it."""
+    target = Path(path)
+    payload = data.encode() if isinstance(data, str) else data
+    check_writable(target)
+    folder = target.parent
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     except OSError as error:

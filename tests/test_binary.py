@@ -97,7 +97,7 @@ def build_file(payloads: dict[SectionKind, bytes], config_hash: bytes) -> bytes:
     content = bytearray(-(-offset // 8) * 8)
     total = len(content) + 32
     content[:64] = struct.pack(
-        "<8sHHI32sQQ", b"DOPANTPB", 3, len(payloads), 0, config_hash, total, 0
+        "<8sHHI32sQQ", b"DOPANTPB", 4, len(payloads), 0, config_hash, total, 0
     )
     content[64 : 64 + len(entries)] = entries
     for at, payload in placed:
@@ -333,16 +333,17 @@ def test_duplicate_and_missing_sections_are_refused() -> None:
         (SectionKind.IO, dumps({"dram_bytes": 1 << 40, "inputs": [], "outputs": []}), "field dram_bytes must be an integer in"),
         (SectionKind.IO, dumps({"dram_bytes": 1, "inputs": [{"name": "x", "shape": [1 << 20, 1 << 20], "dram": 0, "bits": 8, "signed": True, "scale": 1.0, "zero_point": 0}], "outputs": []}), "has over 268435456 elements"),
         (SectionKind.IO, dumps({"dram_bytes": 1, "inputs": [], "outputs": [], "x": 1}), "exactly the keys"),
-        (SectionKind.DEBUG, dumps({"layers": [{"name": "a", "start": 1 << 40, "stop": 0}], "values": [], "gemms": []}), "field layers entry 0 field start must be"),
-        (SectionKind.DEBUG, b'{"layers":[{"name":"a","start":1e999,"stop":0}],"values":[],"gemms":[]}', "is not finite"),
-        (SectionKind.DEBUG, dumps([{"name": "a", "start": 0, "stop": 0}]), "must be a JSON object with exactly the keys layers, values, gemms"),
-        (SectionKind.DEBUG, dumps({"layers": [], "values": [], "gemms": []} | {"x": 1}), "must be a JSON object with exactly the keys layers, values, gemms"),
-        (SectionKind.DEBUG, dumps({"layers": [], "values": [{"name": "v", "shape": [2], "dram": 0, "bits": 16, "signed": True, "scale": 1.0, "zero_point": 0}], "gemms": []}), r"field values\[0\].bits must be one of"),
-        (SectionKind.DEBUG, dumps({"layers": [], "values": [], "gemms": [{"name": "c", "m": 0, "k": 9, "n": 1, "groups": 1, "w_bits": 8, "a_bits": 8}]}), r"^the DEBUG section \(byte offset \d+\) field gemms entry 0 field m must be an integer in \[1, 268435456\], got 0$"),
-        (SectionKind.DEBUG, dumps({"layers": [], "values": [], "gemms": [{"name": "", "m": 4, "k": 9, "n": 1, "groups": 1, "w_bits": 8, "a_bits": 8}]}), "field gemms entry 0 field name must be a non-empty string"),
-        (SectionKind.DEBUG, dumps({"layers": [], "values": [], "gemms": [{"name": "c", "m": 4, "k": 9, "n": 1, "groups": True, "w_bits": 8, "a_bits": 8}]}), "field gemms entry 0 field groups must be an integer in"),
-        (SectionKind.DEBUG, dumps({"layers": [], "values": [], "gemms": [{"name": "c", "m": 4, "k": 9, "n": 1, "w_bits": 8, "a_bits": 8}]}), "field gemms entry 0 must be a JSON object with exactly the keys name, m, k, n, groups, w_bits, a_bits"),
-        (SectionKind.DEBUG, dumps({"layers": [], "values": [], "gemms": {}}), "field gemms must be a JSON list"),
+        (SectionKind.DEBUG, dumps({"layers": [{"name": "a", "start": 1 << 40, "stop": 0}], "values": [], "gemms": [], "source": ""}), "field layers entry 0 field start must be"),
+        (SectionKind.DEBUG, b'{"layers":[{"name":"a","start":1e999,"stop":0}],"values":[],"gemms":[],"source":""}', "is not finite"),
+        (SectionKind.DEBUG, dumps([{"name": "a", "start": 0, "stop": 0}]), "must be a JSON object with exactly the keys layers, values, gemms, source"),
+        (SectionKind.DEBUG, dumps({"layers": [], "values": [], "gemms": [], "source": ""} | {"x": 1}), "must be a JSON object with exactly the keys layers, values, gemms, source"),
+        (SectionKind.DEBUG, dumps({"layers": [], "values": [{"name": "v", "shape": [2], "dram": 0, "bits": 16, "signed": True, "scale": 1.0, "zero_point": 0}], "gemms": [], "source": ""}), r"field values\[0\].bits must be one of"),
+        (SectionKind.DEBUG, dumps({"layers": [], "values": [], "source": "", "gemms": [{"name": "c", "m": 0, "k": 9, "n": 1, "groups": 1, "w_bits": 8, "a_bits": 8}]}), r"^the DEBUG section \(byte offset \d+\) field gemms entry 0 field m must be an integer in \[1, 268435456\], got 0$"),
+        (SectionKind.DEBUG, dumps({"layers": [], "values": [], "source": "", "gemms": [{"name": "", "m": 4, "k": 9, "n": 1, "groups": 1, "w_bits": 8, "a_bits": 8}]}), "field gemms entry 0 field name must be a non-empty string"),
+        (SectionKind.DEBUG, dumps({"layers": [], "values": [], "source": "", "gemms": [{"name": "c", "m": 4, "k": 9, "n": 1, "groups": True, "w_bits": 8, "a_bits": 8}]}), "field gemms entry 0 field groups must be an integer in"),
+        (SectionKind.DEBUG, dumps({"layers": [], "values": [], "source": "", "gemms": [{"name": "c", "m": 4, "k": 9, "n": 1, "w_bits": 8, "a_bits": 8}]}), "field gemms entry 0 must be a JSON object with exactly the keys name, m, k, n, groups, w_bits, a_bits"),
+        (SectionKind.DEBUG, dumps({"layers": [], "values": [], "gemms": {}, "source": ""}), "field gemms must be a JSON list"),
+        (SectionKind.DEBUG, dumps({"layers": [], "values": [], "gemms": [], "source": "md5:00"}), "field source must be 'sha256:' and 64 hex digits or empty, got 'md5:00'"),
     ],
 )  # fmt: skip
 def test_malformed_sections_are_refused(kind: SectionKind, payload: bytes, message: str) -> None:

@@ -17,11 +17,10 @@ from dopant.compiler.models.train import (
     PAD_PIXELS,
     accuracy,
     augment_batch,
-    load_weights,
     main_train,
-    save_weights,
     train,
 )
+from dopant.compiler.models.weights import load_weights, save_weights
 from dopant.support.errors import InputError
 
 

@@ -14,10 +14,12 @@ signed u8 | reserved u16 | count u32 | data bytes u32 and the data, the whole re
 to a multiple of 8 bytes, so the data always starts 8-byte aligned; elements of 8 bits or fewer
 are packed LSB first, int32 words little endian), IO (JSON {"dram_bytes", "inputs", "outputs"})
 and DEBUG (JSON {"layers": [{"name", "start", "stop"}], "values": [tensor], "gemms": [{"name",
-"m", "k", "n", "groups", "w_bits", "a_bits"}]}: each layer's instruction range, where each
-intermediate value is left in DRAM, and each conv or linear layer's untiled GEMM, from which
-statistics compute the standard fold model; since format version 3). JSON is UTF-8 with
-sorted keys and compact separators; floats are written by `repr`, so they read back exactly.
+"m", "k", "n", "groups", "w_bits", "a_bits"}], "source"}: each layer's instruction range, where
+each intermediate value is left in DRAM, each conv or linear layer's untiled GEMM, from which
+statistics compute the standard fold model (since format version 3), and "sha256:" with the
+digest of the quantized IR's text the program was compiled from, or "" (since version 4)).
+JSON is UTF-8 with sorted keys and compact separators; floats are written by `repr`, so they
+read back exactly.
 
 `read_program` checks the container (layout, checksums, types, sizes); `runtime.loader` checks
 what the program means for the machine. No xDSL here: the simulator side reads binaries.
@@ -228,7 +230,7 @@ def decode_program(container: Container) -> ProgramImage:
         read_json(container.payload(SectionKind.IO), where), where
     )
     where = container.where(SectionKind.DEBUG)
-    layers, values, gemms = read_debug(
+    layers, values, gemms, source = read_debug(
         read_json(container.payload(SectionKind.DEBUG), where), where
     )
     return ProgramImage(
@@ -242,4 +244,5 @@ def decode_program(container: Container) -> ProgramImage:
         dram_bytes=dram_bytes,
         values=values,
         gemms=gemms,
+        source=source,
     )

@@ -7,9 +7,10 @@ section's byte offset, the entry and the field."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from dopant.backend.binary.format import GEMM_KEYS, MAX_ELEMENTS, MAX_INSTRUCTIONS
+from dopant.backend.binary.format import GEMM_KEYS, MAX_ELEMENTS, MAX_INSTRUCTIONS, BinaryError
 from dopant.backend.binary.sections import (
     check_keys,
     dumps_json,
@@ -22,7 +23,8 @@ from dopant.backend.binary.sections import (
 )
 from dopant.backend.image import LayerGemm, LayerRange, ProgramImage, TensorDesc
 
-DebugMap = tuple[tuple[LayerRange, ...], tuple[TensorDesc, ...], tuple[LayerGemm, ...]]
+DebugMap = tuple[tuple[LayerRange, ...], tuple[TensorDesc, ...], tuple[LayerGemm, ...], str]
+SOURCE = re.compile(r"(sha256:[0-9a-f]{64})?")  # the digest of the IR compiled, or unknown
 
 
 def debug_payload(program: ProgramImage) -> bytes:
@@ -30,6 +32,7 @@ def debug_payload(program: ProgramImage) -> bytes:
         "layers": [{"name": r.name, "start": r.start, "stop": r.stop} for r in program.layers],
         "values": [tensor_json(t) for t in program.values],
         "gemms": [{key: getattr(g, key) for key in GEMM_KEYS} for g in program.gemms],
+        "source": program.source,
     }
     payload = dumps_json(debug, "DEBUG")
     read_debug(read_json(payload, "the DEBUG section"), "the DEBUG section")
@@ -37,9 +40,14 @@ def debug_payload(program: ProgramImage) -> bytes:
 
 
 def read_debug(raw: Any, where: str) -> DebugMap:
-    """The debug map: instruction ranges per layer, where each layer's value is left, and each
-    conv or linear layer's GEMM."""
-    debug = check_keys(raw, ("layers", "values", "gemms"), where)
+    """The debug map: instruction ranges per layer, where each layer's value is left, each
+    conv or linear layer's GEMM, and the digest of the IR the program was compiled from."""
+    debug = check_keys(raw, ("layers", "values", "gemms", "source"), where)
+    source = debug["source"]
+    if not isinstance(source, str) or not SOURCE.fullmatch(source):
+        raise BinaryError(
+            f"{where} field source must be 'sha256:' and 64 hex digits or empty, got {source!r}"
+        )
     layers = []
     where_layers = f"{where} field layers"
     for index, item in enumerate(json_list(debug["layers"], where_layers)):
@@ -61,7 +69,7 @@ def read_debug(raw: Any, where: str) -> DebugMap:
         _gemm(item, f"{where_gemms} entry {index}")
         for index, item in enumerate(json_list(debug["gemms"], where_gemms))
     )
-    return tuple(layers), values, gemms
+    return tuple(layers), values, gemms, source
 
 
 def _gemm(raw: Any, where: str) -> LayerGemm:

@@ -10,7 +10,8 @@ from dopant.dialects.isa import INSTRUCTION_BYTES
 from dopant.support.errors import DopantError
 
 MAGIC = b"DOPANTPB"
-FORMAT_VERSION = 3  # 2: DEBUG holds layer ranges and intermediate values; 3: and layer GEMMs
+FORMAT_VERSION = 4  # 2: DEBUG holds layer ranges and intermediate values; 3: and layer GEMMs;
+# 4: and the digest of the quantized IR the program was compiled from
 HEADER = struct.Struct("<8sHHI32sQQ")
 ENTRY = struct.Struct("<HHIQQ")
 SEGMENT = struct.Struct("<QBBHII")

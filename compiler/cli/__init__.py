@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
-from typing import NoReturn
+from importlib.metadata import PackageNotFoundError, entry_points, version
+from typing import NoReturn, TextIO
 
-from dopant.support.errors import DopantError
+from dopant.support.errors import DopantError, DopantWarning
 
 GROUP = "dopant.commands"
 # The compiler's own groups in the order of the data flow; any other group follows by name.
@@ -39,11 +40,50 @@ def _groups() -> list[Callable[..., None]]:
     return [found[name].load() for name in names]
 
 
+def _version() -> str:
+    try:
+        return version("dopant")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _one_line_printer() -> Callable[..., None]:
+    """A `warnings.showwarning` that prints each distinct DopantWarning once, as one line like
+    the errors (other warnings as Python prints them)."""
+    seen: set[str] = set()
+    python_default = warnings.showwarning
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if not issubclass(category, DopantWarning):
+            python_default(message, category, filename, lineno, file, line)
+            return
+        text = " ".join(str(message).split())
+        if text not in seen:
+            seen.add(text)
+            print(f"dopant: warning: {text}", file=sys.stderr)
+
+    return show
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="dopant", description="Compile PyTorch models for a modeled systolic array."
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bars (they are off when not a terminal)",
+    )
+    parser.add_argument("--version", action="version", version=f"dopant {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
@@ -62,7 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `dopant` console script; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        args.run(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", DopantWarning)  # the printer shows each once
+            warnings.showwarning = _one_line_printer()
+            args.run(args)
     except DopantError as error:
         if args.debug:
             raise

@@ -11,6 +11,11 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from dopant.compiler.cli.model_options import (
+    add_model_arguments,
+    check_model_arguments,
+    imported_module,
+)
 from dopant.compiler.cli.options import (
     Command,
     add_calibration_options,
@@ -22,29 +27,69 @@ from dopant.compiler.cli.options import (
 if TYPE_CHECKING:
     from xdsl.dialects.builtin import ModuleOp
 
+    from dopant.backend.target import AccelConfig
     from dopant.compiler.driver import CompiledModel
+
+
+def _checked_target(args: argparse.Namespace) -> AccelConfig:
+    """Every option checked before any work (the machine, its dataflow and widths, the bit
+    options, the pipeline text, the files); the machine the compile targets."""
+    from dopant.backend.presets import load_target
+
+    config = load_target(args.target)  # before the imports below: a typo fails at once
+    if args.dataflow:
+        config = config.with_changes(dataflow=args.dataflow)
+    check_model_arguments(args)
+
+    from dopant.compiler.driver import STAGES, check_widths, quantize_pass
+    from dopant.compiler.pipeline import parse
+    from dopant.passes.set_bits import parse_entries
+    from dopant.support.errors import InputError
+
+    emit = getattr(args, "emit", None)
+    if emit and emit not in STAGES:
+        raise InputError(f"--emit {emit} is not a stage; the stages are {', '.join(STAGES)}.")
+
+    options = quantize_options(args)
+    quantize_pass(options)
+    parse_entries(args.override or ())
+    if args.pipeline is not None:
+        parse(args.pipeline)
+    check_widths(config, options)
+    return config
+
+
+def _needs_calibration(module: ModuleOp, args: argparse.Namespace) -> None:
+    """Float IR without ranges cannot be quantized: say which option gives them."""
+    from dopant.compiler.driver import is_calibrated, is_quantized
+    from dopant.support.errors import InputError
+
+    if args.calibration or is_quantized(module) or is_calibrated(module):
+        return
+    raise InputError(
+        f"'{args.model}' is a float model without activation ranges; add --calibration sample "
+        "(the shipped images) or --calibration FILE (your own images) to calibrate it."
+    )
 
 
 def _compiled(args: argparse.Namespace) -> tuple[CompiledModel, ModuleOp]:
     """The model `args` names, compiled as `args` say, and its imported IR."""
-    from dopant.compiler.driver import compile_module
-    from dopant.compiler.frontend import import_model
-    from dopant.compiler.irio import read_ir
-    from dopant.compiler.models.load import load_model, parse_shape
+    config = _checked_target(args)
 
-    if args.model.endswith(".mlir") or args.model == "-":
-        module = read_ir(args.model)
-    else:
-        shape = parse_shape(args.input_shape) if args.input_shape else None
-        loaded = load_model(args.model, shape)
-        module = import_model(loaded.model, loaded.example_input)
+    from dopant.compiler.driver import compile_module
+    from dopant.compiler.irio import read_ir
+    from dopant.passes.set_bits import check_layer_paths
+
+    from_ir = args.model.endswith(".mlir") or args.model == "-"
+    module = read_ir(args.model) if from_ir else imported_module(args)
+    check_layer_paths(module, args.override or ())
+    _needs_calibration(module, args)
     data = calibration_data(args.calibration, module) if args.calibration else None
     compiled = compile_module(
         module,
-        target=args.target,
+        target=config,
         calibration=data,
         method=args.method,
-        dataflow=args.dataflow or None,
         pipeline=args.pipeline,
         **quantize_options(args),
     )
@@ -52,12 +97,8 @@ def _compiled(args: argparse.Namespace) -> tuple[CompiledModel, ModuleOp]:
 
 
 def _cmd_compile(args: argparse.Namespace) -> None:
-    from dopant.compiler.driver import STAGES
     from dopant.compiler.irio import ir_text
-    from dopant.support.errors import InputError
 
-    if args.emit and args.emit not in STAGES:
-        raise InputError(f"--emit {args.emit} is not a stage; the stages are {', '.join(STAGES)}.")
     compiled, _ = _compiled(args)
     if args.output:
         compiled.save(args.output)
@@ -74,6 +115,7 @@ def _cmd_compile(args: argparse.Namespace) -> None:
 
 def _cmd_compare(args: argparse.Namespace) -> None:
     from dopant.compiler.compare import Comparison, compare, compare_program
+    from dopant.compiler.driver import check_compiled_from
     from dopant.compiler.irio import read_ir
     from dopant.runtime.loader import load
     from dopant.support.errors import DopantError, InputError
@@ -87,10 +129,11 @@ def _cmd_compare(args: argparse.Namespace) -> None:
                 f"comparing the binary {args.model} needs --ir, the quantized .mlir it was "
                 "compiled from (dopant compile --emit quantized)."
             )
-        quantized = read_ir(args.ir)
+        program, quantized = load(args.model), read_ir(args.ir)
+        check_compiled_from(program.source, quantized, f"'{args.ir}' (--ir)")
         images = calibration_data(args.inputs or "sample", quantized)[: args.images]
         result = compare_program(
-            load(args.model),
+            program,
             quantized,
             images,
             float_module=read_ir(args.float_ir) if args.float_ir else None,
@@ -113,8 +156,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
 
 def _add_compile_options(p: argparse.ArgumentParser, also: str = "") -> None:
-    p.add_argument("model", help=f"zoo:NAME, path/to/file.py:factory, or a .mlir file{also}")
-    p.add_argument("--input-shape", help="input shape such as 1,3,32,32 (zoo models have one)")
+    add_model_arguments(p, f"zoo:NAME, path/to/file.py:factory, or a .mlir file{also}")
     p.add_argument("--target", default="edge16", help="preset (small8, edge16, large32) or .toml")
     p.add_argument("--dataflow", choices=("ws", "os"), help="override the target's dataflow")
     p.add_argument("--calibration", help="'sample' or a .npz with images 'x' (float models)")

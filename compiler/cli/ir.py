@@ -10,17 +10,19 @@ import argparse
 import sys
 import textwrap
 
+from dopant.compiler.cli.model_options import (
+    add_model_arguments,
+    check_model_arguments,
+    imported_module,
+)
 from dopant.compiler.cli.options import Command, add_calibration_options, calibration_data
 
 
 def _cmd_import(args: argparse.Namespace) -> None:
-    from dopant.compiler.frontend import import_model
     from dopant.compiler.irio import write_ir
-    from dopant.compiler.models.load import load_model, parse_shape
 
-    shape = parse_shape(args.input_shape) if args.input_shape else None
-    loaded = load_model(args.model, shape)
-    module = import_model(loaded.model, loaded.example_input)
+    check_model_arguments(args)
+    module = imported_module(args)
     if args.calibration:
         from dopant.compiler.calibrate import calibrate
         from dopant.compiler.driver import CANONICAL_PIPELINE
@@ -72,8 +74,7 @@ def _cmd_ops(args: argparse.Namespace) -> None:
 def register(command: Command) -> None:
     """Add the IR commands to the CLI."""
     p = command("import", _cmd_import, "trace a PyTorch model into qnn IR")
-    p.add_argument("model", help="zoo:NAME or path/to/file.py:factory")
-    p.add_argument("--input-shape", help="input shape such as 1,3,32,32 (zoo models have one)")
+    add_model_arguments(p, "zoo:NAME or path/to/file.py:factory")
     p.add_argument("-o", "--output", help="output .mlir file (default: standard output)")
     p.add_argument("--generic", action="store_true", help="print the generic op form")
     p.add_argument("--calibration", help="also fold, fuse and calibrate on 'sample' or a .npz")

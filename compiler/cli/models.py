@@ -9,11 +9,15 @@ from dopant.compiler.cli.options import Command
 
 def _cmd_zoo(args: argparse.Namespace) -> None:
     from dopant.compiler.models import zoo
+    from dopant.compiler.models.pretrained import PRETRAINED
 
+    print(f"{'model':<16} {'input':<12} {'weights':<24} about")
     for name in zoo.names():
         entry = zoo.get(name)
         dims = "x".join(map(str, entry.input_shape))
-        print(f"zoo:{name:<12} {dims:<12} {entry.summary}")
+        weights = "trained (Fashion-MNIST)" if name in PRETRAINED else "untrained"
+        print(f"zoo:{name:<12} {dims:<12} {weights:<24} {entry.summary}")
+    print("Untrained models keep a seeded random initialization; give --weights FILE.")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -34,7 +38,7 @@ def register(command: Command) -> None:
     p = command("train", _cmd_train, "train a zoo model on Fashion-MNIST")
     p.add_argument("model", help="zoo:NAME")
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("-o", "--output", required=True, help="weights .npz")
+    p.add_argument("-o", "--output", required=True, help="weights .npz, which --weights reads")
     p = command("demo", _cmd_demo, "the main job on an embedded default model")
     p.add_argument(
         "--model", default="zoo:resnet8", help="trained model: zoo:resnet8 or zoo:lenet5"

@@ -1,25 +1,44 @@
-"""Model references as the CLI takes them: `zoo:resnet8` or `path/to/file.py:factory`."""
+"""Model references as the CLI takes them: `zoo:resnet8` or `path/to/file.py:factory`, with
+their weights: a `--weights` file, else the zoo's shipped trained weights where they fit, else
+the model's own initialization, said in a warning.
+
+A model file runs with its own folder first on `sys.path`, so it can import the modules beside
+it (as `python path/to/file.py` would); the path is restored afterwards.
+"""
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from dopant.compiler.models import zoo
-from dopant.support.errors import InputError
+from dopant.compiler.models.pretrained import PRETRAINED, load_pretrained_into
+from dopant.compiler.models.weights import load_weights
+from dopant.support.errors import DopantWarning, InputError
+
+WEIGHTS_ATTR = "qnn.weights"
+"""Module attribute of imported IR: where the weights came from, so `eval` can warn about an
+untrained model."""
+UNTRAINED = "untrained"  # how that attribute starts for a model with its initial weights
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model ready to import, with the example input it is traced on."""
+    """A model ready to import, with the example input it is traced on and where its weights
+    came from (`weights`: 'file w.pt', 'zoo:resnet8 shipped Fashion-MNIST weights', or
+    'untrained ...')."""
 
     name: str
     model: torch.nn.Module
     example_input: torch.Tensor
+    weights: str
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -50,6 +69,17 @@ def _zoo_model(name: str, shape: tuple[int, ...] | None) -> tuple[torch.nn.Modul
     return entry.build(input_shape), input_shape
 
 
+@contextmanager
+def _folder_on_path(folder: Path) -> Iterator[None]:
+    """`folder` first on sys.path while the block runs, so a model file imports its siblings."""
+    entry = str(folder.resolve())
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        sys.path.remove(entry)
+
+
 def _file_factory(path: str, factory_name: str) -> Callable[[], torch.nn.Module]:
     file = Path(path)
     if not file.is_file():
@@ -58,7 +88,8 @@ def _file_factory(path: str, factory_name: str) -> Callable[[], torch.nn.Module]
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(module)
+        with _folder_on_path(file.parent):
+            spec.loader.exec_module(module)
     except Exception as error:
         raise InputError(f"model file '{path}' failed to load: {error}") from error
     factory = getattr(module, factory_name, None)
@@ -77,8 +108,38 @@ def _file_factory(path: str, factory_name: str) -> Callable[[], torch.nn.Module]
     return factory
 
 
-def load_model(ref: str, input_shape: tuple[int, ...] | None = None) -> LoadedModel:
-    """Build the model `ref` names and a random example input of its input shape."""
+def _zoo_weights(name: str, model: torch.nn.Module) -> str:
+    """Load the zoo's shipped weights into `model` where they exist and fit; say where the
+    weights came from, warning when the model stays untrained."""
+    if name not in PRETRAINED:
+        warnings.warn(
+            f"zoo:{name} has no trained weights: it keeps its seeded random initialization, so "
+            "its accuracy is chance; give --weights FILE (a state dict or `dopant train -o`).",
+            DopantWarning,
+            stacklevel=3,
+        )
+        return f"{UNTRAINED}: zoo:{name}, seeded initialization"
+    try:
+        load_pretrained_into(name, model)
+    except InputError:
+        warnings.warn(
+            f"zoo:{name}'s shipped weights are for 1x28x28 Fashion-MNIST images and do not fit "
+            "this input shape: the model keeps its random initialization; give --weights FILE.",
+            DopantWarning,
+            stacklevel=3,
+        )
+        return f"{UNTRAINED}: zoo:{name} at a shape its shipped weights do not fit"
+    return f"zoo:{name} shipped Fashion-MNIST weights ({PRETRAINED[name]})"
+
+
+def load_model(
+    ref: str, input_shape: tuple[int, ...] | None = None, weights: str | Path | None = None
+) -> LoadedModel:
+    """Build the model `ref` names with its weights (the file `weights`; else, for a zoo model,
+    its shipped trained weights where they exist) and a random example input of its input
+    shape. A DopantWarning says when the model is left untrained."""
+    if weights is not None and not Path(weights).is_file():
+        raise InputError(f"weights file '{weights}' does not exist.")
     if ref.startswith("zoo:"):
         model, shape = _zoo_model(ref[4:], input_shape)
     else:
@@ -93,5 +154,12 @@ def load_model(ref: str, input_shape: tuple[int, ...] | None = None) -> LoadedMo
         model, shape = _file_factory(path, factory_name)(), input_shape
         if not isinstance(model, torch.nn.Module):
             raise InputError(f"'{ref}' returned a {type(model).__name__}, not a torch.nn.Module.")
+    if weights is not None:
+        load_weights(model, weights)
+        source = f"file {weights}"
+    elif ref.startswith("zoo:"):
+        source = _zoo_weights(ref[4:], model)
+    else:
+        source = f"as {ref} builds them"
     generator = torch.Generator().manual_seed(0)
-    return LoadedModel(ref, model.eval(), torch.randn(*shape, generator=generator))
+    return LoadedModel(ref, model.eval(), torch.randn(*shape, generator=generator), source)

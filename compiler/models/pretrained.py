@@ -12,7 +12,7 @@ from torch import nn
 
 from dopant.compiler.models import zoo
 from dopant.compiler.models.datasets import data_file
-from dopant.compiler.models.train import load_weights_bytes
+from dopant.compiler.models.weights import load_weights_bytes
 from dopant.support.errors import InputError
 
 PRETRAINED = {"lenet5": "lenet5_fashion.npz", "resnet8": "resnet8_fashion.npz"}
@@ -28,7 +28,11 @@ def load_pretrained(name: str) -> nn.Module:
         raise InputError(
             f"there are no pretrained weights for '{name}'; available: {', '.join(PRETRAINED)}."
         )
-    model = zoo.get(name).build(INPUT_SHAPE)
+    return load_pretrained_into(name, zoo.get(name).build(INPUT_SHAPE)).eval()
+
+
+def load_pretrained_into(name: str, model: nn.Module) -> nn.Module:
+    """Load the shipped weights of zoo model `name` into `model` (built by the zoo, perhaps for
+    another input shape); InputError if they do not fit it."""
     file = PRETRAINED[name]
-    load_weights_bytes(model, data_file(file), f"dopant's shipped weights '{file}'")
-    return model.eval()
+    return load_weights_bytes(model, data_file(file), f"dopant's shipped weights '{file}'")

@@ -1,19 +1,16 @@
-"""A short training recipe for zoo models on Fashion-MNIST, and weights stored as plain .npz.
+"""A short training recipe for zoo models on Fashion-MNIST; `dopant train` saves the weights as a
+plain .npz (`models.weights`) that `--weights` reads.
 
 The recipe (`train`) is SGD with Nesterov momentum 0.9 under a one-cycle learning-rate schedule
 (Smith & Topin 2019, "Super-convergence"): the schedule that reaches good accuracy in the
 fewest epochs, which is what a 2-core machine can afford. Augmentation is the CIFAR standard
 (He et al. 2016, section 4.2): a random 28x28 crop of the image zero-padded by 2 pixels, and a
 random horizontal flip, done in torch on whole batches.
-
-Weights are saved as a .npz of the state dict (no pickle), so they load without running code.
 """
 
 from __future__ import annotations
 
-import io
 import time
-import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +23,8 @@ from torch import nn
 
 from dopant.compiler.models import zoo
 from dopant.compiler.models.datasets import Dataset, load_fashion_mnist
+from dopant.compiler.models.weights import save_weights
 from dopant.support.errors import InputError
-from dopant.support.files import write_atomic
 
 PAD_PIXELS = 2  # random-crop padding; 2 of 28 pixels, as 4 of 32 for CIFAR
 MOMENTUM = 0.9
@@ -170,70 +167,6 @@ def format_epoch(stats: EpochStats) -> str:
         f"| {stats.epoch:5d} | {stats.train_loss:6.4f} | {stats.train_acc:9.2%} | "
         f"{test:>8} | {stats.seconds:8.1f} |"
     )
-
-
-def save_weights(model: nn.Module, path: str | Path) -> None:
-    """Write `model`'s state dict (parameters and buffers, as stored) to a .npz, atomically."""
-    arrays = {name: t.detach().cpu().numpy() for name, t in model.state_dict().items()}
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    write_atomic(path, buffer.getvalue())
-
-
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a .npz written by `save_weights` into `model` (in place, also returned); refuses
-    files whose names, shapes or kinds of number do not match the model's state dict."""
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"weights file '{file}' does not exist.")
-    return load_weights_bytes(model, file.read_bytes(), f"weights file '{file}'")
-
-
-def load_weights_bytes(model: nn.Module, data: bytes, source: str) -> nn.Module:
-    """`load_weights` on the bytes of a .npz; `source` names them in errors ("weights file
-    'x.npz'")."""
-    try:
-        npz = np.load(io.BytesIO(data), allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        raise InputError(
-            f"{source} is not a readable .npz ({error}); write it with "
-            "dopant.compiler.models.train.save_weights."
-        ) from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise InputError(f"{source} holds a bare array, not a .npz of named arrays.")
-    with npz:
-        try:
-            arrays = {name: npz[name] for name in npz.files}
-        except (OSError, ValueError, zipfile.BadZipFile) as error:  # object arrays, bad entries
-            raise InputError(
-                f"{source} has an unreadable array ({error}); save plain numeric arrays."
-            ) from None
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in arrays]
-    unexpected = [k for k in arrays if k not in expected]
-    if missing or unexpected:
-        raise InputError(
-            f"{source} does not fit the model ({type(model).__name__}): "
-            f"missing keys: {', '.join(missing) or 'none'}; unexpected keys: "
-            f"{', '.join(unexpected) or 'none'}. Load weights saved from the same architecture."
-        )
-    tensors = {}
-    for name, target in expected.items():
-        array = arrays[name]
-        if tuple(array.shape) != tuple(target.shape):
-            raise InputError(
-                f"{source}, key '{name}' has shape {array.shape}, but the model "
-                f"expects {tuple(target.shape)}; load weights saved from the same architecture."
-            )
-        wanted_kind = "f" if target.is_floating_point() else "iu"
-        if array.dtype.kind not in wanted_kind:
-            raise InputError(
-                f"{source}, key '{name}' has dtype {array.dtype}, but the model "
-                f"holds {target.dtype} there."
-            )
-        tensors[name] = torch.from_numpy(np.ascontiguousarray(array)).to(target.dtype)
-    model.load_state_dict(tensors)
-    return model
 
 
 def main_train(model_ref: str, epochs: int, out: str) -> None:
