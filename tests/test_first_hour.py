@@ -193,9 +193,8 @@ def test_a_width_the_machine_lacks_is_a_printed_fallback(
     (tmp_path / "edge8only.toml").write_text(toml)
     args = ["compile", "zoo:lenet5", "--calibration", "sample", "--weight-bits", "4"]
     temp = Path(tempfile.gettempdir())
-    before = set(temp.iterdir())
     assert main([*args, "--target", str(tmp_path / "edge8only.toml")]) == 0
-    assert set(temp.iterdir()) == before  # a TOML target leaves nothing in the temp folder
+    assert not list(temp.glob("dopant*"))  # a TOML target leaves nothing in the temp folder
     err = capsys.readouterr().err.splitlines()
     warnings = [line for line in err if line.startswith("dopant: warning:")]
     assert warnings == [
