@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -185,7 +186,8 @@ def run_pipeline(
     """Run the passes of `pipeline` on `module` in place.
 
     After each pass the module is verified (unless `verify_each` is False) and, for passes named
-    in `print_ir_after` or all passes, its IR is written to `dump` under an MLIR-style header.
+    in `print_ir_after` or all passes, its IR is written to `dump` (standard error by default,
+    as mlir-opt does) under an MLIR-style header.
     A pass that raises a DopantError is reported as a PipelineError naming the pass.
     """
     passes = parse(pipeline) if isinstance(pipeline, str) else list(pipeline)
@@ -201,6 +203,8 @@ def run_pipeline(
         report.timings.append((p.name, time.perf_counter() - start))
         if verify_each:
             verify(module, f"after pass '{p.name}'")
-        if dump is not None and (print_ir_after_all or p.name in after):
-            dump.write(f"// -----// IR Dump After {p.name} //----- //\n{ir_text(module)}")
+        if print_ir_after_all or p.name in after:
+            (dump or sys.stderr).write(
+                f"// -----// IR Dump After {p.name} //----- //\n{ir_text(module)}"
+            )
     return report

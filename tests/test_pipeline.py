@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
 
 import pytest
 
+from dopant.compiler.cli import main
 from dopant.compiler.irio import ir_text, parse_ir
 from dopant.compiler.pipeline import available_passes, parse, run_pipeline
 from dopant.dialects.qnn import BatchNormOp, ClampOp, ConstantOp, Conv2DOp, LinearOp, ReluOp
@@ -140,6 +142,24 @@ def test_pipeline_dumps_ir_after_named_passes_and_times_each_pass() -> None:
         parse_ir(CONV_BN_RELU), "fold-batchnorm,fuse-activation", print_ir_after_all=True, dump=dump
     )
     assert dump.getvalue().count("// -----// IR Dump After") == 2
+
+
+def test_named_dumps_go_to_standard_error_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    run_pipeline(parse_ir(CONV_BN_RELU), "fold-batchnorm", print_ir_after=["fold-batchnorm"])
+    captured = capsys.readouterr()
+    assert captured.err.startswith("// -----// IR Dump After fold-batchnorm //----- //\n")
+    assert captured.out == ""
+
+
+def test_opt_writes_the_dumps_to_a_file_and_nothing_to_standard_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "in.mlir").write_text(CONV_BN_RELU)
+    args = ["opt", str(tmp_path / "in.mlir"), "-p", "fold-batchnorm,fuse-activation"]
+    args += ["--print-ir-after-all", "--dump-to", str(tmp_path / "passes.mlir")]
+    assert main([*args, "-o", str(tmp_path / "out.mlir")]) == 0
+    assert capsys.readouterr().err == ""
+    assert (tmp_path / "passes.mlir").read_text().count("// -----// IR Dump After") == 2
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ Handlers import the compiler (xDSL, torch) when they run, so `dopant --help` sta
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import textwrap
 
@@ -37,17 +38,24 @@ def _cmd_import(args: argparse.Namespace) -> None:
 def _cmd_opt(args: argparse.Namespace) -> None:
     from dopant.compiler.irio import read_ir, write_ir
     from dopant.compiler.pipeline import parse, run_pipeline
+    from dopant.support.files import check_writable, write_atomic
 
     passes = parse(args.pipeline)  # a bad pipeline fails before the input is read
+    for path in (args.output, args.dump_to):
+        if path and path != "-":
+            check_writable(path)
     module = read_ir(args.input)
+    dump = io.StringIO() if args.dump_to else sys.stderr
     report = run_pipeline(
         module,
         passes,
         verify_each=not args.no_verify,
         print_ir_after=args.print_ir_after or (),
         print_ir_after_all=args.print_ir_after_all,
-        dump=sys.stderr,
+        dump=dump,
     )
+    if args.dump_to:
+        write_atomic(args.dump_to, dump.getvalue())
     write_ir(module, args.output, args.generic)
     if args.time_passes:
         print(report.table(), file=sys.stderr)
@@ -88,6 +96,9 @@ def register(command: Command) -> None:
     p.add_argument("-o", "--output", help="output .mlir file (default: standard output)")
     p.add_argument("--print-ir-after-all", action="store_true", help="dump IR after every pass")
     p.add_argument("--print-ir-after", action="append", metavar="PASS", help="dump IR after PASS")
+    p.add_argument(
+        "--dump-to", metavar="FILE", help="write the IR dumps to FILE instead of standard error"
+    )
     p.add_argument("--time-passes", action="store_true", help="print time per pass")
     p.add_argument("--no-verify", action="store_true", help="skip verification between passes")
     p.add_argument("--generic", action="store_true", help="print the generic op form")
