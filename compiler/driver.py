@@ -57,6 +57,7 @@ from dopant.runtime.stats import RunStats, run_stats
 from dopant.runtime.timing import schedule
 from dopant.support.errors import DopantError, DopantWarning, InputError
 from dopant.support.files import write_atomic
+from dopant.support.progress import Steps
 
 STAGES = ("imported", "canonical", "calibrated", "quantized", "tiled", "accel")
 CANONICAL_PIPELINE = "fold-batchnorm{strict=true},fuse-activation"
@@ -213,9 +214,11 @@ def compile_module(
     method: str = "minmax",
     dataflow: str | None = None,
     pipeline: str | None = None,
+    progress: bool = False,
     **quantize_options: Any,
 ) -> CompiledModel:
     """Compile float (or already quantized) `qnn` IR for `target`; see the module docstring.
+    With `progress`, a bar on a terminal's standard error counts the stages.
 
     Float IR needs `calibration` samples (N, C, H, W) unless it carries calibration ranges.
     `pipeline` replaces the canonical stage's passes (CANONICAL_PIPELINE), to add passes of
@@ -230,6 +233,7 @@ def compile_module(
     stages: dict[str, ModuleOp] = {}
     seconds: dict[str, float] = {}
     module = module.clone()
+    steps = Steps(len(STAGES) - 1, show=progress, what="compile")  # the stages after imported
     start = time.perf_counter()
 
     def keep(stage: str) -> None:
@@ -237,6 +241,7 @@ def compile_module(
         nonlocal start
         seconds[stage] = time.perf_counter() - start
         stages[stage] = module.clone()
+        steps.done(stage)
         start = time.perf_counter()
 
     stages["imported"] = module.clone()
@@ -262,6 +267,7 @@ def compile_module(
     keep("accel")
     binary = emit_binary(stages["accel"])
     seconds["binary"] = time.perf_counter() - start
+    steps.close()
     return CompiledModel(config, binary, stages, seconds)
 
 

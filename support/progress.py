@@ -31,3 +31,24 @@ def progress(
 
     with tqdm(items, total=total, desc=what, unit=unit, leave=False, file=sys.stderr) as bar:
         yield from bar
+
+
+class Steps:
+    """A bar over named steps of known count (a compile's stages): `done(name)` advances it and
+    shows the step that finished. Draws nothing unless `wants_bar(show)`; `close()` removes it."""
+
+    def __init__(self, total: int, *, show: bool, what: str = "") -> None:
+        self._bar = None
+        if wants_bar(show):
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=what, unit="stage", leave=False, file=sys.stderr)
+
+    def done(self, name: str) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix_str(name, refresh=False)
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

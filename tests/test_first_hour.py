@@ -4,6 +4,7 @@ warnings for bit widths the machine lacks, and a compare that knows which IR a b
 
 from __future__ import annotations
 
+import io
 import sys
 import tempfile
 from importlib.metadata import version
@@ -219,3 +220,23 @@ def test_compare_names_an_ir_that_is_not_the_binarys(
     err = capsys.readouterr().err
     assert "w4.mlir' (--ir) is not the IR this binary was compiled from" in err
     assert "compiler or simulator bug" not in err
+
+
+class _Terminal(io.StringIO):
+    """Standard error as a terminal, where progress bars are drawn."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_compile_on_a_terminal_shows_its_stages_unless_quiet(
+    tmp_path: Path, quiet: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    args = ["compile", "zoo:lenet5", "--calibration", "sample", "-o", str(tmp_path / "n.dpb")]
+    assert main(["--quiet", *args] if quiet else args) == 0
+    drawn = terminal.getvalue()
+    assert ("compile:" in drawn and "stage" in drawn) is not quiet
+    assert drawn.strip().endswith("bytes for 'edge16' (ws)")  # the bar leaves no line behind

@@ -91,6 +91,7 @@ def _compiled(args: argparse.Namespace) -> tuple[CompiledModel, ModuleOp]:
         calibration=data,
         method=args.method,
         pipeline=args.pipeline,
+        progress=not args.quiet,
         **quantize_options(args),
     )
     return compiled, module
