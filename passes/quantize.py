@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 
 from xdsl.context import Context
@@ -23,6 +24,14 @@ from dopant.passes._quantize.plan import (
 )
 from dopant.passes.set_bits import check_bits, set_layer_bits
 from dopant.support.errors import DopantError
+
+
+class QuantizeNote(UserWarning):
+    """Something `quantize` did that the user should know but that is no error: a layer's
+    weight scale widened so its bias fits int32. Issued through Python's `warnings`, so the
+    `dopant` CLI prints it on standard error, `warnings.catch_warnings(record=True)` or
+    `pytest.warns(QuantizeNote)` collect it, and `-W error::...QuantizeNote` or
+    `warnings.simplefilter("error", QuantizeNote)` makes it fatal."""
 
 
 def _check_ready(fn: FuncOp) -> None:
@@ -77,6 +86,14 @@ class QuantizePass(ModulePass):
     widths it names. The integer layers carry no `bits` (their widths are in their types); the
     module records the options as `qnn.quantized`, with `overrides` listing every layer's
     attribute, so `quantize{<that text>}` redoes the same from float IR without attributes.
+    Near-dead channels: a pretrained network can carry output channels whose weights are ~1e-9
+    after batch-norm folding (a running variance of 0, a collapsed filter) beside a bias ~1; the
+    bias would not fit int32 at S_x * max|w| / 127. Such a channel's weight scale is widened to
+    the smallest that fits the bias in int32 less the room its products need (per tensor: the
+    layer's one scale), as TFLite's quantizer does; its weights then round to few levels or to
+    zeros (its output is its bias), and every other channel keeps its scale. Each such layer
+    gives one `QuantizeNote` (a `UserWarning` through `warnings`) naming the layer's path and
+    the channels, so it shows on the CLI's standard error and in Python's warning filters.
     Fails: on unsupported widths (2, 4 and 8 bits exist), an unknown rounding or weight clip,
     an override naming no layer, missing calibration ranges (naming the ops), remaining batch
     norms, or IR that is already integer.
@@ -119,6 +136,8 @@ class QuantizePass(ModulePass):
         params = activation_plan(fn, bits, self.act_bits)
         lowering = Lowering(params, layers, self.per_channel, self.weight_clip, self.rounding)
         replace_body(fn, lowering.lower(fn))
+        for note in lowering.notes:
+            warnings.warn(note, QuantizeNote, stacklevel=2)
         fn.arg_attrs = None
         op.attributes["qnn.quantized"] = StringAttr(replace(self, overrides=chosen).description())
 
