@@ -23,14 +23,14 @@ from dopant.passes._quantize.plan import (
     value_bits,
 )
 from dopant.passes.set_bits import check_bits, set_layer_bits
-from dopant.support.errors import DopantError
+from dopant.support.errors import DopantError, DopantWarning
 
 
-class QuantizeNote(UserWarning):
+class QuantizeNote(DopantWarning):
     """Something `quantize` did that the user should know but that is no error: a layer's
     weight scale widened so its bias fits int32. Issued through Python's `warnings`, so the
-    `dopant` CLI prints it on standard error, `warnings.catch_warnings(record=True)` or
-    `pytest.warns(QuantizeNote)` collect it, and `-W error::...QuantizeNote` or
+    `dopant` CLI prints it on standard error as one `dopant: warning:` line,
+    `warnings.catch_warnings(record=True)` or `pytest.warns(QuantizeNote)` collect it, and
     `warnings.simplefilter("error", QuantizeNote)` makes it fatal."""
 
 
