@@ -262,7 +262,7 @@ def test_a_string_without_its_closing_quote_on_its_line_is_refused(
 
 def test_a_string_with_an_invalid_escape_is_refused(sources: dict[str, str]) -> None:
     text = sources["float"].replace('at "0.bias"', 'at "0.\\q-bias"', 1)
-    with pytest.raises(IRError, match=r"^f\.mlir:4:\d+: .* holds the escape '\\q-'"):
+    with pytest.raises(IRError, match=r"^f\.mlir:4:\d+: .* holds the escape '\\q'"):
         parse_ir(text, "f.mlir")
 
 
