@@ -38,7 +38,7 @@ def _compiled(args: argparse.Namespace) -> tuple[CompiledModel, ModuleOp]:
         shape = parse_shape(args.input_shape) if args.input_shape else None
         loaded = load_model(args.model, shape)
         module = import_model(loaded.model, loaded.example_input)
-    data = calibration_data(args.calibration, module) if args.calibration else None
+    data = calibration_data(args.calibration, module, args) if args.calibration else None
     compiled = compile_module(
         module,
         target=args.target,
@@ -46,6 +46,7 @@ def _compiled(args: argparse.Namespace) -> tuple[CompiledModel, ModuleOp]:
         method=args.method,
         dataflow=args.dataflow or None,
         pipeline=args.pipeline,
+        progress=not getattr(args, "quiet", False),
         **quantize_options(args),
     )
     return compiled, module
@@ -88,7 +89,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
                 "compiled from (dopant compile --emit quantized)."
             )
         quantized = read_ir(args.ir)
-        images = calibration_data(args.inputs or "sample", quantized)[: args.images]
+        images = calibration_data(args.inputs or "sample", quantized, args)[: args.images]
         result = compare_program(
             load(args.model),
             quantized,
@@ -100,7 +101,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         if args.ir or args.float_ir:
             raise InputError("--ir and --float-ir go with a .dpb binary, not with a model.")
         compiled, module = _compiled(args)
-        images = calibration_data(args.inputs or args.calibration or "sample", module)
+        images = calibration_data(args.inputs or args.calibration or "sample", module, args)
         result = compare(compiled, images[: args.images], snr_threshold_db=args.snr_threshold)
     print(result.table())
     print(result.summary())
@@ -117,7 +118,7 @@ def _add_compile_options(p: argparse.ArgumentParser, also: str = "") -> None:
     p.add_argument("--input-shape", help="input shape such as 1,3,32,32 (zoo models have one)")
     p.add_argument("--target", default="edge16", help="preset (small8, edge16, large32) or .toml")
     p.add_argument("--dataflow", choices=("ws", "os"), help="override the target's dataflow")
-    p.add_argument("--calibration", help="'sample' or a .npz with images 'x' (float models)")
+    p.add_argument("--calibration", help="calibration data (float models): a SPEC as for calibrate")
     p.add_argument(
         "--pipeline",
         help="passes for the canonical stage instead of 'fold-batchnorm{strict=true},"
@@ -141,7 +142,7 @@ def register(command: Command) -> None:
     )
     _add_compile_options(p, ", or a .dpb binary (with --ir)")
     p.add_argument(
-        "--inputs", help="'sample' or a .npz with images 'x' to compare on (default: calibration)"
+        "--inputs", help="data to compare on, a SPEC as for calibrate (default: calibration)"
     )
     p.add_argument("--ir", help="with a .dpb MODEL: the quantized .mlir it was compiled from")
     p.add_argument("--float-ir", help="with a .dpb MODEL: the float .mlir, for the SNR column")
