@@ -78,9 +78,10 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     )
     if result.at_chance:
         print(
-            f"dopant: warning: {result.accuracy:.2%} is chance level for {result.classes} "
-            f"classes (about {1 / result.classes:.0%}): the model may be untrained, or the data "
-            "normalized unlike its training data (check --mean and --std).",
+            f"dopant: warning: {result.accuracy:.2%} is no better than chance for "
+            f"{result.classes} classes (about {1 / result.classes:.0%}): the model may be "
+            "untrained, the labels in another order than its classes, or the data normalized "
+            "unlike its training data (check --mean and --std).",
             file=sys.stderr,
         )
 

@@ -139,6 +139,7 @@ def _array_batches(
             "or (x, y) batches."
         )
     starts = range(0, len(x), size)
+    show = show and len(starts) > 1  # one batch is quick: no bar to flash
     for start in progress(starts, show=show, total=len(starts), what=bar, unit="batch"):
         part = None if y is None else y[start : start + size]
         yield Batch(x[start : start + size], part)
