@@ -245,3 +245,16 @@ def test_bad_folders_are_refused(tmp_path: Path) -> None:
         load_samples(str(mixed), (1, 4, 4))
     with pytest.raises(InputError, match=r"C = 1 \(grayscale\) or 3 \(RGB\)"):
         load_samples(str(mixed), (2, 4, 4))
+
+
+def test_fashion_mnist_is_the_full_test_set_or_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dopant.compiler.models import datasets
+
+    if datasets.FASHION_MNIST_DIR.is_dir():
+        test = load_samples("fashion-mnist", (1, 28, 28), split="test", limit=10)
+        assert len(test) == 10 and test.y is not None
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", tmp_path)
+    with pytest.raises(InputError, match=r"apt-get install -y dataset-fashion-mnist"):
+        load_samples("fashion-mnist", (1, 28, 28), split="test")
