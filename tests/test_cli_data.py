@@ -173,3 +173,4 @@ def test_run_writes_the_batch_outputs_equal_to_one_image_at_a_time(
     assert main(["run", str(root / "net.dpb"), "--input", str(user["images"]), "--limit", "3"]) == 0
     out = capsys.readouterr().out  # a folder: labels from its class folders, names as well
     assert "[label 0 0_class]" in out and "top-1 accuracy" in out and "on 3 samples" in out
+    assert "3 samples, one after another" in out

@@ -143,6 +143,11 @@ def main_run(
         _print_top_k(first, min(top_k, first.shape[1]), names, data)
     print(result.stats.summary())
     print(result.stats.table())
+    if result.batch > 1:
+        print(
+            f"{result.batch} samples, one after another: {result.total_cycles:,} cycles (the "
+            "summary and table are of one sample)"
+        )
     if output is not None:
         _save_outputs(output, program, result.outputs)
     if trace_path is not None and result.trace is not None:

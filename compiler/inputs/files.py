@@ -44,7 +44,8 @@ class Preprocess:
 @dataclass(frozen=True)
 class Samples:
     """Model inputs `x` (float32, (N, *sample shape)), labels `y` (int64, (N,)) when the data
-    has them, `source` naming the data in messages, and class names from a folder's classes."""
+    has them, `source` naming the data in messages, and the class names when the data knows
+    them (a folder's class folders, Fashion-MNIST's classes)."""
 
     x: np.ndarray
     y: np.ndarray | None
@@ -99,10 +100,10 @@ def _read(
         calibration, test = datasets.load_sample()
         data = calibration if split == "calibration" else test
         what = "512 train images" if split == "calibration" else "1000 test images"
-        return data.x, data.y, f"the shipped Fashion-MNIST sample ({what})", ()
+        return data.x, data.y, f"the shipped Fashion-MNIST sample ({what})", datasets.CLASS_NAMES
     if spec == "fashion-mnist":
         data = datasets.load_fashion_mnist("test")
-        return data.x, data.y, "the Fashion-MNIST test set", ()
+        return data.x, data.y, "the Fashion-MNIST test set", datasets.CLASS_NAMES
     path = Path(spec)
     if path.is_dir():
         images, labels, classes = read_folder(path, sample, fit, limit, show)

@@ -29,6 +29,18 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 SPLITS = {"train": "train", "test": "t10k"}  # split -> IDX file prefix
 NUM_CLASSES = 10
+CLASS_NAMES = (  # Fashion-MNIST's labels 0..9 (Xiao et al., 2017)
+    "T-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
 SAMPLE_FILE = "fashion_sample.npz"
 SAMPLE_CALIBRATION_SIZE = 512
 SAMPLE_TEST_PER_CLASS = 100
