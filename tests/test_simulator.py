@@ -539,7 +539,8 @@ def test_main_run_and_main_profile_print_results_and_write_a_trace(
     main_run(binary, tmp_path / "x.npy", tmp_path / "trace.json")
     out = capsys.readouterr().out
     # y = x quantized at scale 0.5, read back at scale 0.25: half of x.
-    assert "output 'y' [2, 3] (argmax 2):\n[[ 0.5  1.   1.5]\n [-0.5 -1.  -1.5]]" in out
+    assert "output 'y' [2, 3]:\n[[ 0.5  1.   1.5]\n [-0.5 -1.  -1.5]]" in out
+    assert "sample 0: 2 (1.5)\nsample 1: 0 (-0.5)\n" in out  # the top class of each sample
     assert "\ntotal " in out and "utilization" in out
     trace = json.loads((tmp_path / "trace.json").read_text())
     assert [e["name"] for e in trace["traceEvents"] if e["ph"] == "X"] == [
@@ -548,5 +549,7 @@ def test_main_run_and_main_profile_print_results_and_write_a_trace(
     ]
     main_profile(binary)
     assert "\ntotal " in capsys.readouterr().out
-    with pytest.raises(InputError, match="cannot read inputs from"):
+    with pytest.raises(
+        InputError, match=r"missing\.npy. does not exist; give the path of a \.npy file"
+    ):
         main_run(binary, tmp_path / "missing.npy")

@@ -109,7 +109,7 @@ def _save_outputs(path: str, program: Program, outputs: tuple[np.ndarray, ...]) 
 
 def main_run(
     binary: str | os.PathLike[str],
-    input_spec: str,
+    input_spec: str | os.PathLike[str],
     trace_path: str | os.PathLike[str] | None = None,
     *,
     output: str | None = None,
@@ -132,7 +132,8 @@ def main_run(
     if output is not None and not output.endswith((".npy", ".npz")):
         raise InputError(f"-o '{output}' must end in .npy (one output) or .npz (by name).")
     program = load(binary)
-    inputs, data = _read_inputs(program, input_spec, preprocess or Preprocess(), limit)
+    spec = os.fspath(input_spec)
+    inputs, data = _read_inputs(program, spec, preprocess or Preprocess(), limit)
     result = program.run(*inputs, trace=trace_path is not None)
     for desc, value in zip(program.outputs, result.outputs, strict=True):
         text = np.array2string(value, threshold=20, precision=4)

@@ -80,8 +80,7 @@ def load_samples(
         raw = raw[:limit]
         labels = None if labels is None else labels[:limit]
     x = _normalized(_channels_first(raw, sample, source), sample, preprocess, source)
-    y = None if labels is None else checked_labels(labels, len(x), f"{source}, key 'y'")
-    return Samples(x, y, source, classes)
+    return Samples(x, labels, source, classes)
 
 
 def _read(
@@ -142,6 +141,8 @@ def _read_numpy(path: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
             )
         x = _array(loaded, "x", path)
         y = _array(loaded, "y", path) if "y" in loaded.files else None
+    if y is not None and x.ndim:  # a 0-d x is refused with its shape later
+        y = checked_labels(y, len(x), f"'{path}', key 'y'")
     return x, y, f"'{path}', key 'x'"
 
 
