@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, ModuleOp, StringAttr, TensorType
+from xdsl.dialects.builtin import ArrayAttr, DictionaryAttr, ModuleOp, StringAttr
 from xdsl.dialects.func import FuncOp
 
 from dopant.compiler.evaluate import BatchedRunner
+from dopant.compiler.inputs import batches, model_sample_shape, replayable
 from dopant.dialects.qnn import CalibrationAttr, QnnOp
 from dopant.dialects.qnn.attrs import CALIBRATION_METHODS
 from dopant.dialects.qnn.base import forward, is_float
@@ -122,44 +123,24 @@ def _op_keys(module: ModuleOp) -> list[tuple[str, QnnOp]]:
     return keys
 
 
-def check_data(module: ModuleOp, data: np.ndarray, source: str = "calibration data") -> None:
-    """Calibration data must be real-valued samples shaped like the model's input."""
-    fn = forward(module, "to calibrate")
-    if len(fn.body.block.args) != 1:
-        raise InputError("calibration supports models with exactly one input.")
-    arg_type = fn.body.block.args[0].type
-    assert isinstance(arg_type, TensorType)
-    sample = tuple(arg_type.get_shape()[1:])
-    if not isinstance(data, np.ndarray) or not np.issubdtype(data.dtype, np.number):
-        raise InputError(f"{source} must be a numeric numpy array, got {type(data).__name__}.")
-    if data.ndim != len(sample) + 1 or tuple(data.shape[1:]) != sample:
-        raise InputError(
-            f"{source} has shape {list(data.shape)}, but the model takes samples of shape "
-            f"{list(sample)}; give an array of shape [N, {', '.join(map(str, sample))}]."
-        )
-    if len(data) == 0:
-        raise InputError(f"{source} holds no samples.")
-    if not np.all(np.isfinite(data)):
-        raise InputError(f"{source} contains NaN or infinite values.")
-
-
-def _chunks(data: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
-    for start in range(0, len(data), batch_size):
-        yield np.ascontiguousarray(data[start : start + batch_size], dtype=np.float32)
-
-
 def calibrate(
     module: ModuleOp,
-    data: np.ndarray,
+    data: Any,
     method: str = "minmax",
     *,
     percentile: float = 99.99,
     batch_size: int = 256,
+    progress: bool = False,
 ) -> ModuleOp:
-    """Record the activation ranges `method` finds on `data` (N samples) in `module`, in place.
+    """Record the activation ranges `method` finds on `data` in `module`, in place.
 
-    Raises InputError for an unknown method, data of the wrong shape or type, or an integer
-    (already quantized) module.
+    `data` is a numpy array (or torch tensor) of samples shaped like the model's input, or any
+    iterable of batches (a torch DataLoader, a list): arrays, tensors or (x, y, ...) tuples,
+    whose labels are ignored (`dopant.compiler.inputs.batches`). The ranges do not depend on
+    how the samples are batched. `progress` draws a bar on a terminal.
+
+    Raises InputError for an unknown method, data of the wrong shape or type (naming the
+    batch), a model with several inputs, or an integer (already quantized) module.
     """
     if method not in CALIBRATION_METHODS:
         raise InputError(
@@ -168,7 +149,7 @@ def calibrate(
         )
     if not 50.0 < percentile <= 100.0:
         raise InputError(f"the percentile must lie in (50, 100], got {percentile}.")
-    check_data(module, data)
+    sample = model_sample_shape(module, "to calibrate")
     integer = [
         op.where for op in module.walk() if isinstance(op, QnnOp) and not is_float(op.results[0])
     ]
@@ -177,10 +158,15 @@ def calibrate(
     keys = _op_keys(module)
     stats = {key: _Stats() for key, _ in [(INPUT, None), *keys]}
     passes = ["range"] if method == "minmax" else ["range", "histogram"]
+    data = replayable(data) if len(passes) > 1 else data  # a generator is read twice
     runner = BatchedRunner(module, batch_size)
+    count = 0
     for kind in passes:
-        for chunk in _chunks(data, batch_size):
-            values = {INPUT: chunk, **runner.trace(chunk)}
+        count = 0
+        what = "calibrating" if len(passes) == 1 else f"calibrating ({kind})"
+        for batch in batches(data, sample, size=batch_size, show=progress, bar=what):
+            count += len(batch.x)
+            values = {INPUT: batch.x, **runner.trace(batch.x)}
             for key, value in values.items():
                 target = stats[key]
                 (target.observe_range if kind == "range" else target.observe_histogram)(value)
@@ -191,7 +177,7 @@ def calibrate(
     fn = forward(module, "to calibrate")
     calib = CalibrationAttr.get(method, _ranges(stats[INPUT], method, percentile))
     fn.arg_attrs = _with_arg_calib(fn, calib)
-    module.attributes[CALIBRATION_ATTR] = StringAttr(f"{method} on {len(data)} samples")
+    module.attributes[CALIBRATION_ATTR] = StringAttr(f"{method} on {count} samples")
     return module
 
 

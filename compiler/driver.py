@@ -138,16 +138,19 @@ def check_widths(config: AccelConfig, options: dict[str, Any]) -> None:
 
 def quantize_network(
     module: ModuleOp,
-    data: np.ndarray | None,
+    data: Any,
     *,
     method: str = "minmax",
     percentile: float = 99.99,
+    progress: bool = False,
     **options: Any,
 ) -> ModuleOp:
     """A quantized copy of float `module` (the canonical, calibrated and quantized stages);
     `module` itself is left as it was.
 
-    With `data` the copy is calibrated on it (else it must carry calibration ranges already);
+    With `data` (what `calibrate` takes: an array of samples or an iterable of batches such as
+    a DataLoader) the copy is calibrated on it, with a bar if `progress` (else it must carry
+    calibration ranges already);
     `options` are QuantizePass's (`weight_bits`, `act_bits`, `per_channel`, `rounding`,
     `weight_clip`, `first_last_bits`, `output_bits`, `overrides`).
     """
@@ -155,7 +158,7 @@ def quantize_network(
     copy = module.clone()
     run_pipeline(copy, CANONICAL_PIPELINE)
     if data is not None:
-        calibrate(copy, data, method, percentile=percentile)
+        calibrate(copy, data, method, percentile=percentile, progress=progress)
     run_pipeline(copy, [quantizer])
     return copy
 
@@ -210,7 +213,7 @@ def compile_module(
     module: ModuleOp,
     *,
     target: str | AccelConfig = "edge16",
-    calibration: np.ndarray | None = None,
+    calibration: Any = None,
     method: str = "minmax",
     dataflow: str | None = None,
     pipeline: str | None = None,
@@ -220,7 +223,8 @@ def compile_module(
     """Compile float (or already quantized) `qnn` IR for `target`; see the module docstring.
     With `progress`, a bar on a terminal's standard error counts the stages.
 
-    Float IR needs `calibration` samples (N, C, H, W) unless it carries calibration ranges.
+    Float IR needs `calibration` samples unless it carries calibration ranges: an array
+    (N, C, H, W) or an iterable of batches, as `calibrate` takes them (`progress`: a bar).
     `pipeline` replaces the canonical stage's passes (CANONICAL_PIPELINE), to add passes of
     one's own before calibration; it must leave what `quantize` accepts (no batch norm).
     `quantize_options` are QuantizePass's (weight_bits, act_bits, overrides, ...).
@@ -255,7 +259,7 @@ def compile_module(
         _run_stage("canonical", module, parse(CANONICAL_PIPELINE if pipeline is None else pipeline))
         keep("canonical")
         if calibration is not None:
-            calibrate(module, calibration, method)
+            calibrate(module, calibration, method, progress=progress)
         keep("calibrated")
         _run_stage("quantized", module, [quantizer])
     keep("quantized")
@@ -302,14 +306,15 @@ def compile(
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
     *,
     target: str | AccelConfig = "edge16",
-    calibration: np.ndarray | None = None,
+    calibration: Any = None,
     weight_bits: int = 8,
     act_bits: int = 8,
     method: str = "minmax",
     pipeline: str | None = None,
     **options: Any,
 ) -> CompiledModel:
-    """Compile a torch model for `target`, calibrating on `calibration` (N, C, H, W samples).
+    """Compile a torch model for `target`, calibrating on `calibration` (N, C, H, W samples,
+    or an iterable of batches such as a DataLoader).
 
     `pipeline` replaces the canonical passes (see `compile_module`); `options` are
     `compile_module`'s `dataflow` and QuantizePass's options.

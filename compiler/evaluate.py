@@ -1,17 +1,22 @@
-"""Running IR on whole data sets: batched reference runs, accuracy, and per-layer SNR of a
-quantized network against its float original."""
+"""Running IR on whole data sets: batched reference runs, accuracy (on an array with labels or
+on any iterable of (x, y) batches, `compiler.inputs`), and per-layer SNR of a quantized network
+against its float original."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 
+from dopant.compiler.inputs import batches, model_sample_shape
 from dopant.compiler.pipeline import run_pipeline
 from dopant.dialects.qnn import QnnOp
 from dopant.dialects.qnn.values import output_params, requantized_path
 from dopant.runtime import intops, reference
+from dopant.support.errors import InputError
 
 
 class BatchedRunner:
@@ -43,9 +48,79 @@ class BatchedRunner:
         return reference.trace(self.module_for(len(chunk)), chunk)
 
 
-def accuracy(module: ModuleOp, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
-    """Top-1 accuracy of `module`'s logits on samples `x` with labels `y`."""
-    return top1(BatchedRunner(module, batch_size).run(x), y)
+@dataclass(frozen=True)
+class Score:
+    """Top-1 hits of a classifier over labelled samples, and how many logits it gives."""
+
+    correct: int
+    total: int
+    classes: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total
+
+    @property
+    def at_chance(self) -> bool:
+        """Accuracy no better than guessing (below 1.5 / classes): an untrained model, or data
+        preprocessed unlike its training data."""
+        return self.classes >= 2 and self.accuracy < 1.5 / self.classes
+
+
+def score(
+    module: ModuleOp,
+    data: Any,
+    labels: Any = None,
+    *,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> Score:
+    """Top-1 hits of `module`'s logits, (N, classes), on labelled samples: an array (or
+    tensor) `data` with `labels`, or an iterable of (x, y, ...) batches such as a torch
+    DataLoader. `progress` draws a bar on a terminal. InputError names the batch at fault."""
+    sample = model_sample_shape(module, "to evaluate")
+    runner = BatchedRunner(module, batch_size)
+    correct = total = classes = 0
+    found = batches(
+        data,
+        sample,
+        source="evaluation data",
+        size=batch_size,
+        labels=labels,
+        need_labels=True,
+        show=progress,
+        bar="evaluating",
+    )
+    for batch in found:
+        assert batch.y is not None, "need_labels gives every batch labels"
+        logits = runner.run(batch.x)
+        if logits.ndim != 2:
+            raise InputError(
+                f"accuracy needs a model giving logits of shape [N, classes]; this one gives "
+                f"{list(logits.shape)} for {len(batch.x)} samples."
+            )
+        classes = logits.shape[1]
+        if batch.y.max() >= classes:
+            raise InputError(
+                f"the evaluation data holds label {int(batch.y.max())}, but the model gives "
+                f"{classes} logits (labels 0..{classes - 1}); check the labels."
+            )
+        correct += int(np.sum(logits.argmax(axis=1) == batch.y))
+        total += len(batch.x)
+    return Score(correct, total, classes)
+
+
+def accuracy(
+    module: ModuleOp,
+    data: Any,
+    labels: Any = None,
+    batch_size: int = 256,
+    *,
+    progress: bool = False,
+) -> float:
+    """Top-1 accuracy of `module`'s logits on samples `data` with `labels`, or on an iterable
+    of (x, y) batches (`score`)."""
+    return score(module, data, labels, batch_size=batch_size, progress=progress).accuracy
 
 
 def top1(logits: np.ndarray, y: np.ndarray) -> float:

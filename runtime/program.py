@@ -36,13 +36,22 @@ __all__ = [
 
 @dataclass(frozen=True)
 class RunResult:
-    """What a run produced, in the order of `Program.outputs`."""
+    """What a run of `batch` images produced, in the order of `Program.outputs`. With N > 1
+    images every array has a leading N axis in place of the declared batch of 1
+    (`simulator.batch_shape`); image i's slice equals what a run of image i alone gives."""
 
     outputs: tuple[np.ndarray, ...]  # float32, dequantized with each output's TensorDesc
     raw_outputs: tuple[np.ndarray, ...]  # int64, the integers in DRAM
-    stats: RunStats
-    trace: dict[str, Any] | None  # Chrome/Perfetto trace when asked for
+    stats: RunStats  # of one image: the timing model does not depend on the inputs
+    trace: dict[str, Any] | None  # Chrome/Perfetto trace of one image, when asked for
     values: dict[str, np.ndarray]  # int64 intermediate values by debug-map name, when asked for
+    batch: int = 1  # N, the images run
+
+    @property
+    def total_cycles(self) -> int:
+        """Cycles of the whole batch: the N images run one after another on the one
+        accelerator (the program is compiled for one image), N x `stats.total_cycles`."""
+        return self.batch * self.stats.total_cycles
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -69,16 +78,22 @@ class Program(ProgramImage):
     def run(self, *inputs: np.ndarray, trace: bool = False, values: bool = False) -> RunResult:
         """Run the program on the functional simulator and the timing model.
 
-        Each float input is quantized with its TensorDesc (round half to even) into DRAM; the
-        outputs come back dequantized (`.outputs`) and as integers (`.raw_outputs`), with the
-        run's `.stats`, with `trace` a Chrome trace (`.trace`) and with `values` every
-        intermediate value of the debug map as integers (`.values`). InputError names an input
-        of the wrong count, shape or dtype; SimulationError an instruction that cannot run.
+        Each input has its declared shape (one image) or, when that leads with a batch of 1,
+        the shape (N, *declared[1:]): N images, run at once and each bit-exact to its run alone
+        (every input must hold the same N). Each float (or integer) input is quantized with its
+        TensorDesc (round half to even) into DRAM; the outputs come back dequantized
+        (`.outputs`) and as integers (`.raw_outputs`), with a leading N axis for N > 1, with
+        one image's `.stats` (`.total_cycles` for the batch), with `trace` one image's Chrome
+        trace (`.trace`) and with `values` every intermediate value of the debug map as
+        integers (`.values`, with the leading N axis too: N x the debug map's size in memory).
+        InputError names an input of the wrong count, shape, batch or dtype; SimulationError an
+        instruction that cannot run (and, in a batch, the first image it fails for).
         """
         return self._result(simulator.quantize_inputs(self, inputs), trace, values)
 
     def run_raw(self, *inputs: np.ndarray, trace: bool = False, values: bool = False) -> RunResult:
-        """`run` for already-quantized inputs: integer arrays within each input's range."""
+        """`run` for already-quantized inputs: integer arrays within each input's range, one
+        image or a batch of N as in `run`."""
         return self._result(simulator.check_raw_inputs(self, inputs), trace, values)
 
     def _result(self, raw_inputs: list[np.ndarray], trace: bool, values: bool) -> RunResult:
@@ -90,4 +105,5 @@ class Program(ProgramImage):
             stats,
             stats.chrome_trace() if trace else None,
             computed.values,
+            computed.batch,
         )

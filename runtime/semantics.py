@@ -1,7 +1,10 @@
 """What each instruction does to the memories: the functional semantics of the ISA.
 
 Each function implements one instruction exactly as its docstring in `dialects.isa` states it,
-vectorized over the whole block (no Python loop over elements). Integer arithmetic is never
+vectorized over the whole block and over the images of a batch (no Python loop over elements or
+images): every memory has a leading batch axis (`runtime.memory`), each image its own machine,
+and a run of one image is a batch of one, so these functions are the only definition of what an
+instruction does. Integer arithmetic is never
 re-implemented here: requantization, the residual add and rounding divisions come from
 `runtime.intops`, window geometry and pooling from `runtime.kernels`, as in the reference
 interpreter, so the simulator and `runtime.reference` agree bit for bit by construction.
@@ -23,13 +26,14 @@ import numpy as np
 
 from dopant.backend.image import element_bytes, storage_range
 from dopant.runtime import intops, kernels
-from dopant.runtime.memory import Memories, check_fits, dram_block
+from dopant.runtime.memory import Memories, check_fits, dram_block, which_image
 from dopant.runtime.queues import SimulationError
 
 Fields = dict[str, int]
 
-# float64 sums of integers are exact while every partial sum stays below 2^53 (53-bit mantissa).
-_EXACT = 1 << 53
+# Float sums of integers are exact while every partial sum stays below 2^(mantissa bits): 2^24
+# for float32, 2^53 for float64. The cheapest exact type does a convolution (BLAS in any order).
+_EXACT_FLOATS = ((1 << 24, np.float32), (1 << 53, np.float64))
 
 
 def _require_positive(f: Fields, *names: str) -> None:
@@ -47,29 +51,35 @@ def load(f: Fields, mem: Memories) -> None:
     """DRAM -> sp/acc: a d x h x w block, zero outside the source plane (padding)."""
     d, h, w = f["d"], f["h"], f["w"]
     if f["to_acc"]:
-        dest = mem.acc_span("local", f["local"], d * h * w).reshape(d, h, w)
+        dest = mem.acc_span("local", f["local"], d * h * w)
     elif element_bytes(f["bits"]) != 1:
         raise SimulationError(
             f"field bits={f['bits']}: the scratchpad holds elements of at most 8 bits"
         )
     else:
-        dest = mem.sp_span("local", f["local"], d * h * w).reshape(d, h, w)
+        dest = mem.sp_span("local", f["local"], d * h * w)
     # Rows pad_top .. pad_top + src_h (and columns likewise) come from DRAM; the rest is zero.
     r0, c0 = f["pad_top"], f["pad_left"]
     r1, c1 = min(h, r0 + f["src_h"]), min(w, c0 + f["src_w"])
-    dest[...] = 0
-    if r1 <= r0 or c1 <= c0:
+    strides = (f["sd"], f["sh"], f["sw"])
+    if (r0, c0, r1, c1) == (0, 0, h, w):  # no padding: the block is all DRAM
+        dram = dram_block(mem.dram, f["dram"], (d, h, w), strides, f["bits"], bool(f["signed"]))
+        dest[...] = dram.reshape(mem.batch, -1)
         return
-    shape, strides = (d, r1 - r0, c1 - c0), (f["sd"], f["sh"], f["sw"])
-    dest[:, r0:r1, c0:c1] = dram_block(
-        mem.dram, f["dram"], shape, strides, f["bits"], bool(f["signed"])
-    )
+    block = np.zeros((mem.batch, d, h, w), dest.dtype)
+    if r1 > r0 and c1 > c0:
+        shape = (d, r1 - r0, c1 - c0)
+        block[:, :, r0:r1, c0:c1] = dram_block(
+            mem.dram, f["dram"], shape, strides, f["bits"], bool(f["signed"])
+        )
+    # Assigned through the span: a reshaped span could be a copy, and writes to it would be lost.
+    dest[...] = block.reshape(mem.batch, -1)
 
 
 def store(f: Fields, mem: Memories) -> None:
     """sp -> DRAM: a dense d x h x w block to strided DRAM elements."""
     d, h, w = f["d"], f["h"], f["w"]
-    block = mem.sp_span("local", f["local"], d * h * w).reshape(d, h, w)
+    block = mem.sp_span("local", f["local"], d * h * w).reshape(mem.batch, d, h, w)
     _write_block(f, mem, block)
 
 
@@ -77,17 +87,17 @@ def _write_block(f: Fields, mem: Memories, block: np.ndarray) -> None:
     bits, signed = f["bits"], bool(f["signed"])
     check_fits(block, bits, signed, "the stored block")
     strides = (f["sd"], f["sh"], f["sw"])
-    dram_block(mem.dram, f["dram"], block.shape, strides, bits, signed)[...] = block
+    dram_block(mem.dram, f["dram"], block.shape[1:], strides, bits, signed)[...] = block
 
 
 def store_acc(f: Fields, mem: Memories) -> None:
     """acc -> DRAM through the requantizer: depth slice i uses (m0[i], shift[i])."""
     d, h, w = f["d"], f["h"], f["w"]
-    block = mem.acc_span("local", f["local"], d * h * w).reshape(d, h * w)
+    block = mem.acc_span("local", f["local"], d * h * w).reshape(mem.batch, d, h * w)
     params = mem.acc_span("params", f["params"], 2 * d)
-    m0, shift = params[:d, None], params[d:, None]
+    m0, shift = params[:, :d, None], params[:, d:, None]
     q = intops.multiply_by_quantized_multiplier(block, m0, shift, _rounding(f))
-    _write_block(f, mem, np.clip(q, f["lo"], f["hi"]).reshape(d, h, w))
+    _write_block(f, mem, np.clip(q, f["lo"], f["hi"]).reshape(mem.batch, d, h, w))
 
 
 def integer_conv(
@@ -97,26 +107,25 @@ def integer_conv(
     dilation: tuple[int, int],
     groups: int,
 ) -> np.ndarray:
-    """The exact integer convolution of x [c_in, ih, iw] with w [n, c_in/groups, kh, kw], no
-    padding, as int64 [n, oh, ow].
+    """The exact integer convolution of each image of x [batch, c_in, ih, iw] with w
+    [n, c_in/groups, kh, kw], no padding, as int64 [batch, n, oh, ow].
 
-    Through float64 BLAS when every partial sum is below 2^53 (depth * max|x| * max|w|): for
-    8-bit operands that holds up to depths of 2^37, so in practice always, and the order in which
-    BLAS sums cannot change an exact result. Otherwise the same kernel on int64, which is exact
-    while the sums fit 63 bits.
+    Through float BLAS when every partial sum is exactly representable, below 2^24 for
+    float32 and 2^53 for float64 (bound: depth * max|x| * max|w|); the order in which BLAS sums
+    (or fuses a multiply-add) cannot change an exact result. float32 (sgemm, half the bytes)
+    covers 8-bit operands up to depths of about 2^9, a tile of 16 channels of 3x3 with room to
+    spare; float64 up to 2^37, so in practice always. Otherwise the same kernel on int64, which
+    is exact while the sums fit 63 bits.
     """
     depth = w[0].size
     peak = depth * int(np.abs(x).max(initial=0)) * int(np.abs(w).max(initial=0))
-    if peak < _EXACT:
-        dtype: type = np.float64
-    elif peak < 1 << 63:
-        dtype = np.int64
-    else:
+    if peak >= 1 << 63:
         raise SimulationError("the convolution's integer sums may overflow 64 bits")
+    dtype = next((t for limit, t in _EXACT_FLOATS if peak < limit), np.int64)
     y = kernels.conv2d(
-        x[None].astype(dtype), w.astype(dtype), None, strides, (0, 0, 0, 0), dilation, groups
-    )[0]
-    return np.rint(y).astype(np.int64) if dtype is np.float64 else y
+        x.astype(dtype), w.astype(dtype), None, strides, (0, 0, 0, 0), dilation, groups
+    )
+    return y if dtype is np.int64 else np.rint(y).astype(np.int64)
 
 
 def _check_operand(values: np.ndarray, bits: int, what: str) -> None:
@@ -126,6 +135,7 @@ def _check_operand(values: np.ndarray, bits: int, what: str) -> None:
         raise SimulationError(
             f"the {what} hold values in [{values.min()}, {values.max()}], wider than the "
             f"{bits}-bit operands the array was set to ([{lo}, {hi}])"
+            f"{which_image((values < lo) | (values > hi))}"
         )
 
 
@@ -144,19 +154,29 @@ def conv(f: Fields, mem: Memories) -> None:
             f"the {f['ih']}x{f['iw']} input tile is smaller than the {need_h}x{need_w} its "
             "outputs read"
         )
-    ih, iw = f["ih"], f["iw"]
-    x = mem.sp_span("inp", f["inp"], c_in * ih * iw).reshape(c_in, ih, iw)[:, :need_h, :need_w]
+    batch, ih, iw = mem.batch, f["ih"], f["iw"]
+    x = mem.sp_span("inp", f["inp"], c_in * ih * iw).reshape(batch, c_in, ih, iw)
+    x = x[:, :, :need_h, :need_w]
     cg, kh, kw = c_in // groups, f["kh"], f["kw"]
-    wgt = mem.sp_span("wgt", f["wgt"], n * cg * kh * kw).reshape(n, cg, kh, kw)
+    wgt = mem.sp_span("wgt", f["wgt"], n * cg * kh * kw)
     _check_operand(x, f["a_bits"], "activations")
     _check_operand(wgt, f["w_bits"], "weights")
     out = mem.acc_span("acc", f["acc"], n * f["oh"] * f["ow"])
     strides, dilation = (f["stride_h"], f["stride_w"]), (f["dil_h"], f["dil_w"])
-    y = integer_conv(x, wgt, strides, dilation, groups).reshape(-1)
+    weights = wgt.reshape(batch, n, cg, kh, kw)
+    if (wgt == wgt[:1]).all():
+        # Weights come from constants, the same in every image: one GEMM for the whole batch.
+        y = integer_conv(x, weights[0], strides, dilation, groups)
+    else:
+        parts = [
+            integer_conv(x[i : i + 1], weights[i], strides, dilation, groups) for i in range(batch)
+        ]
+        y = np.concatenate(parts)
+    y = y.reshape(batch, -1)
     if f["accumulate"]:
         y += out
     check_fits(y, 32, True, "the accumulated tile")
-    out[:] = y
+    out[...] = y
 
 
 def vadd(f: Fields, mem: Memories) -> None:
@@ -165,12 +185,13 @@ def vadd(f: Fields, mem: Memories) -> None:
     a = mem.sp_span("a", f["a"], count)
     b = mem.sp_span("b", f["b"], count)
     out = mem.sp_span("out", f["out"], count)
-    # params: m0 of a, m0 of b, shift of a, shift of b (m0[0..2) then shift[0..2)).
-    m0_a, m0_b, shift_a, shift_b = mem.acc_span("params", f["params"], 4)
+    # params: m0 of a, m0 of b, shift of a, shift of b (m0[0..2) then shift[0..2)), per image.
+    params = mem.acc_span("params", f["params"], 4)
+    m0_a, m0_b, shift_a, shift_b = (params[:, i : i + 1] for i in range(4))
     q = intops.add_rescaled(
         a, b, (0, 0, 0), (m0_a, shift_a), (m0_b, shift_b), f["lo"], f["hi"], _rounding(f)
     )
-    out[:] = q
+    out[...] = q
 
 
 def vrequant(f: Fields, mem: Memories) -> None:
@@ -178,16 +199,16 @@ def vrequant(f: Fields, mem: Memories) -> None:
     count = f["count"]
     inp = mem.sp_span("inp", f["inp"], count)
     out = mem.sp_span("out", f["out"], count)
-    m0, shift = mem.acc_span("params", f["params"], 2)
-    q = intops.multiply_by_quantized_multiplier(inp, m0, shift, _rounding(f))
-    out[:] = np.clip(q, f["lo"], f["hi"])
+    params = mem.acc_span("params", f["params"], 2)
+    q = intops.multiply_by_quantized_multiplier(inp, params[:, :1], params[:, 1:], _rounding(f))
+    out[...] = np.clip(q, f["lo"], f["hi"])
 
 
 def vpool(f: Fields, mem: Memories) -> None:
     """Max or average pooling of a c x ih x iw tile, torch's window and divisor rules."""
     _require_positive(f, "kh", "kw", "stride_h", "stride_w")
     c, ih, iw = f["c"], f["ih"], f["iw"]
-    x = mem.sp_span("inp", f["inp"], c * ih * iw).reshape(1, c, ih, iw)
+    x = mem.sp_span("inp", f["inp"], c * ih * iw).reshape(mem.batch, c, ih, iw)
     pool = kernels.Pool(
         (f["kh"], f["kw"]),
         (f["stride_h"], f["stride_w"]),
@@ -208,7 +229,7 @@ def vpool(f: Fields, mem: Memories) -> None:
             f"fields oh={f['oh']}, ow={f['ow']} differ from the {y.shape[2]}x{y.shape[3]} "
             "windows torch's output-size rule gives"
         )
-    mem.sp_span("out", f["out"], c * f["oh"] * f["ow"])[:] = y.reshape(-1)
+    mem.sp_span("out", f["out"], c * f["oh"] * f["ow"])[...] = y.reshape(mem.batch, -1)
 
 
 OPS: dict[str, Callable[[Fields, Memories], None]] = {

@@ -1,7 +1,15 @@
 """The functional simulator: runs a Program on numpy images of DRAM, scratchpad and accumulator,
 bit-exact. It defines what a program computes; `runtime.timing` says how long it takes.
 
-A run: the constant segments and the (quantized) inputs are written to a zeroed DRAM image; the
+A run is of a batch of N images through a program compiled for one (N = 1 is the plain run): the
+memories have a leading batch axis, a machine per image (`runtime.memory`), and each instruction
+runs once for all of them (`runtime.semantics`), so its Python overhead is paid once per batch,
+not per image. Every image computes exactly what it computes alone: the instructions and their
+order do not depend on the values, and no instruction mixes images. The batch is cut into chunks
+of at most `_CHUNK_BYTES` of memory images; a chunk's size changes no value.
+
+For each chunk: the constant segments (the same for every image) and each image's (quantized)
+inputs are written to a zeroed DRAM image; the
 instructions execute in the engines' token order (`runtime.queues`): repeatedly, the
 earliest-in-program head of the four queues whose wait tokens are all positive runs, taking one
 count from each and adding one to each signalled token. If no head can run, the program has
@@ -22,7 +30,7 @@ import numpy as np
 from dopant.backend.image import ProgramImage, TensorDesc
 from dopant.dialects.isa import TOKENS, Instruction
 from dopant.runtime import intops
-from dopant.runtime.memory import Memories, read_dense, write_dense
+from dopant.runtime.memory import Memories, read_dense, which_image, write_dense
 from dopant.runtime.queues import (
     SimulationError,
     deadlock_error,
@@ -41,6 +49,13 @@ class Values:
     outputs: tuple[np.ndarray, ...]  # float32, dequantized with each output's TensorDesc
     raw_outputs: tuple[np.ndarray, ...]  # int64, the integers in DRAM
     values: dict[str, np.ndarray]  # int64 intermediate values by debug-map name, when asked for
+    batch: int  # N, the images run; every array above has a leading N axis when N > 1
+
+
+# The memory images (DRAM, scratchpad, accumulator) of at most this many bytes are simulated at
+# once: a bound on the host's memory for a large batch, yet chunks of a hundred or more images,
+# which share each instruction's Python overhead as well as one batch would.
+_CHUNK_BYTES = 256 << 20
 
 
 def token_order(instructions: Sequence[Instruction]) -> tuple[int, ...]:
@@ -94,54 +109,120 @@ def _count_check(kind: str, descs: Sequence[TensorDesc], given: int) -> None:
         )
 
 
+def _expected_shape(desc: TensorDesc) -> str:
+    """The shapes an input accepts, as an error states them: the declared one and, when it
+    leads with a batch of 1, the same with a batch of N."""
+    if desc.shape[:1] != (1,):
+        return f"shape {list(desc.shape)}"
+    rest = "".join(f", {n}" for n in desc.shape[1:])
+    return f"shape {list(desc.shape)} (or [N{rest}] for a batch of N images)"
+
+
 def _checked(desc: TensorDesc, value: object, kinds: str, what: str) -> np.ndarray:
+    """`value` as [N, elements of one image]: the declared shape is one image; an array whose
+    first axis replaces a declared leading 1 holds N of them."""
     array = np.asarray(value)
     if array.dtype.kind not in kinds:
         raise InputError(
-            f"input '{desc.name}' expects {what}, but an array of dtype {array.dtype} was given"
+            f"input '{desc.name}' expects {what}, but an array of dtype {array.dtype} was given; "
+            "convert it first (e.g. with .astype)"
         )
-    if array.shape != desc.shape:
-        raise InputError(
-            f"input '{desc.name}' expects shape {list(desc.shape)}, but an array of shape "
-            f"{list(array.shape)} was given"
-        )
-    return array
+    if array.shape == desc.shape:
+        return array.reshape(1, -1)
+    if desc.shape[:1] == (1,) and array.shape[1:] == desc.shape[1:] and array.ndim:
+        if not len(array):
+            raise InputError(f"input '{desc.name}' holds no images (shape {list(array.shape)})")
+        return array.reshape(len(array), -1)
+    raise InputError(
+        f"input '{desc.name}' expects {_expected_shape(desc)}, but an array of shape "
+        f"{list(array.shape)} was given"
+    )
+
+
+def _same_batch(
+    descs: Sequence[TensorDesc], arrays: Sequence[np.ndarray], given: Sequence[object]
+) -> None:
+    """Every input must hold the same number of images: image i is a whole network input."""
+    for desc, array, value in zip(descs, arrays, given, strict=True):
+        if len(array) != len(arrays[0]):
+            raise InputError(
+                f"input '{desc.name}' holds {len(array)} image(s) (shape "
+                f"{list(np.shape(value))}) but input '{descs[0].name}' holds {len(arrays[0])} "
+                f"(shape {list(np.shape(given[0]))}); give every input the same batch"
+            )
 
 
 def quantize_inputs(program: ProgramImage, inputs: Sequence[object]) -> list[np.ndarray]:
-    """Each float input quantized with its TensorDesc (round half to even, as torch)."""
+    """Each float input quantized with its TensorDesc (round half to even, as torch), as int64
+    [N, elements of one image]. Integer arrays count as real numbers (uint8 pixels are
+    quantized as the values they are, not normalized)."""
     _count_check("float", program.inputs, len(inputs))
+    checked = [
+        _checked(d, v, "fiu", "real numbers (a float or integer array)")
+        for d, v in zip(program.inputs, inputs, strict=True)
+    ]
+    _same_batch(program.inputs, checked, inputs)
     raw = []
-    for desc, value in zip(program.inputs, inputs, strict=True):
-        array = _checked(desc, value, "fiu", "real numbers")
-        if np.isnan(array).any():
-            raise InputError(f"input '{desc.name}' holds NaN, which cannot be quantized")
+    for desc, array in zip(program.inputs, checked, strict=True):
+        if array.dtype.kind == "f" and np.isnan(array).any():
+            raise InputError(
+                f"input '{desc.name}' holds NaN, which cannot be quantized"
+                f"{which_image(np.isnan(array))}"
+            )
         raw.append(intops.quantize(array, desc.scale, desc.zero_point, desc.qmin, desc.qmax))
     return raw
 
 
 def check_raw_inputs(program: ProgramImage, inputs: Sequence[object]) -> list[np.ndarray]:
+    """Each integer input checked against its TensorDesc's range, as int64 [N, elements]."""
     _count_check("integer", program.inputs, len(inputs))
-    raw = []
-    for desc, value in zip(program.inputs, inputs, strict=True):
-        kind = f"{'' if desc.signed else 'u'}int{desc.bits}"
-        array = _checked(desc, value, "iu", f"integers ({kind})")
+    kinds = [f"{'' if d.signed else 'u'}int{d.bits}" for d in program.inputs]
+    checked = [
+        _checked(d, v, "iu", f"integers ({kind})")
+        for d, v, kind in zip(program.inputs, inputs, kinds, strict=True)
+    ]
+    _same_batch(program.inputs, checked, inputs)
+    for desc, array, kind in zip(program.inputs, checked, kinds, strict=True):
         if array.size and (array.min() < desc.qmin or array.max() > desc.qmax):
             raise InputError(
                 f"input '{desc.name}' expects {kind} values in [{desc.qmin}, {desc.qmax}], but "
                 f"the array holds values in [{array.min()}, {array.max()}]"
+                f"{which_image((array < desc.qmin) | (array > desc.qmax))}"
             )
-        raw.append(array.astype(np.int64))
-    return raw
+    return [array.astype(np.int64) for array in checked]
 
 
-def _read(mem: Memories, descs: Sequence[TensorDesc], what: str) -> list[np.ndarray]:
+def initial_memories(program: ProgramImage, raw_inputs: Sequence[np.ndarray]) -> Memories:
+    """The memories before the first instruction, for a batch of len(raw_inputs[0]) images
+    (one without inputs): zeroed, the constant segments in every image's DRAM and each image's
+    inputs ([N, elements], `quantize_inputs`) in its own."""
+    batch = len(raw_inputs[0]) if len(raw_inputs) else 1
+    mem = Memories.empty(program.accel_config(), program.dram_bytes, batch)
     try:
-        return [
-            read_dense(mem.dram, d.dram, d.count, d.bits, d.signed).reshape(d.shape) for d in descs
-        ]
+        for segment in program.segments:
+            values = segment.values[None]  # one row, written to every image
+            write_dense(mem.dram, segment.dram, values, segment.bits, segment.signed)
+        for desc, values in zip(program.inputs, raw_inputs, strict=True):
+            write_dense(mem.dram, desc.dram, values, desc.bits, desc.signed)
+    except SimulationError as error:
+        raise SimulationError(f"the program's DRAM image cannot be built: {error}") from None
+    return mem
+
+
+def read_tensors(mem: Memories, descs: Sequence[TensorDesc], what: str) -> list[np.ndarray]:
+    """The integers of `descs` in every image's DRAM, as int64 [N, elements of one image]."""
+    try:
+        return [read_dense(mem.dram, d.dram, d.count, d.bits, d.signed) for d in descs]
     except SimulationError as error:
         raise SimulationError(f"the program's {what} cannot be read: {error}") from None
+
+
+def batch_shape(shape: tuple[int, ...], batch: int) -> tuple[int, ...]:
+    """The shape of a tensor of one image's `shape` over a batch: the declared shape for one
+    image; for N > 1 the leading batch of 1 becomes N (a shape without it gains a leading N)."""
+    if batch == 1:
+        return shape
+    return (batch, *shape[1:]) if shape[:1] == (1,) else (batch, *shape)
 
 
 def simulate(
@@ -149,23 +230,34 @@ def simulate(
     raw_inputs: Sequence[np.ndarray],
     keep_values: bool = False,
     order: Sequence[int] | None = None,
+    chunk: int | None = None,
 ) -> Values:
-    """Run `program` on already-quantized, checked inputs (`quantize_inputs`,
-    `check_raw_inputs`); with `keep_values` read back every value of the debug map."""
-    mem = Memories.empty(program.accel_config(), program.dram_bytes)
-    try:
-        for segment in program.segments:
-            write_dense(mem.dram, segment.dram, segment.values, segment.bits, segment.signed)
-        for desc, values in zip(program.inputs, raw_inputs, strict=True):
-            write_dense(mem.dram, desc.dram, values, desc.bits, desc.signed)
-    except SimulationError as error:
-        raise SimulationError(f"the program's DRAM image cannot be built: {error}") from None
-    execute(program.instructions, mem, order)
-    raw = tuple(_read(mem, program.outputs, "outputs"))
+    """Run `program` on a batch of already-quantized, checked inputs ([N, elements] each:
+    `quantize_inputs`, `check_raw_inputs`), `chunk` images at a time (by default as many as
+    `_CHUNK_BYTES` of memories hold); with `keep_values` read back every value of the debug
+    map."""
+    batch = len(raw_inputs[0]) if len(raw_inputs) else 1
+    config = program.accel_config()
+    if chunk is None:
+        image_bytes = program.dram_bytes + 4 * config.scratchpad_bytes
+        chunk = max(1, _CHUNK_BYTES // (image_bytes + 8 * config.accumulator_words))
     kept = program.values if keep_values else ()
-    debug = dict(zip((d.name for d in kept), _read(mem, kept, "debug values"), strict=True))
+    parts: list[list[np.ndarray]] = []
+    for start in range(0, batch, chunk):
+        mem = initial_memories(program, [r[start : start + chunk] for r in raw_inputs])
+        execute(program.instructions, mem, order)
+        parts.append(
+            read_tensors(mem, program.outputs, "outputs") + read_tensors(mem, kept, "debug values")
+        )
+    descs = (*program.outputs, *kept)
+    whole = [
+        np.concatenate([p[i] for p in parts]).reshape(batch_shape(d.shape, batch))
+        for i, d in enumerate(descs)
+    ]
+    raw = tuple(whole[: len(program.outputs)])
+    debug = {d.name: v for d, v in zip(kept, whole[len(program.outputs) :], strict=True)}
     floats = tuple(
         intops.dequantize(q, d.scale, d.zero_point)
         for q, d in zip(raw, program.outputs, strict=True)
     )
-    return Values(floats, raw, debug)
+    return Values(floats, raw, debug, batch)

@@ -118,8 +118,8 @@ def test_percentile_of_an_empty_histogram_is_the_max() -> None:
             "shape [4]; give an array of shape [N, 4]",
         ),
         (np.zeros((0, 4), np.float32), "holds no samples"),
-        (np.array([["a", "b", "c", "d"]]), "must be a numeric numpy array"),
-        (np.full((2, 4), np.nan, np.float32), "contains NaN or infinite values"),
+        (np.array([["a", "b", "c", "d"]]), "has dtype <U1; expected real numbers"),
+        (np.full((2, 4), np.nan, np.float32), "contains 8 NaN or infinite value(s)"),
     ],
 )
 def test_bad_calibration_data_is_refused(data: np.ndarray, message: str) -> None:

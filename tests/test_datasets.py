@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dopant.compiler.models import datasets
-from dopant.compiler.models.datasets import Dataset, load_calibration, load_fashion_mnist, read_idx
+from dopant.compiler.models.datasets import Dataset, load_fashion_mnist, read_idx
 from dopant.support.errors import InputError
 
 
@@ -153,54 +153,3 @@ def test_dataset_batches_cover_everything_once() -> None:
     for x, y in data.batches(3, shuffle=True):
         assert x[:, 0, 0, 0].tolist() == y.tolist()  # images stay with their labels
     assert len(data.subset(3)) == 3 and len(data.subset(99)) == 10
-
-
-def test_load_calibration_sample_and_file(tmp_path: Path) -> None:
-    x = load_calibration("sample", expected_shape=(1, 28, 28))
-    assert x.shape == (512, 1, 28, 28) and x.dtype == np.float32
-    path = tmp_path / "calib.npz"
-    np.savez(path, x=np.arange(24, dtype=np.int16).reshape(2, 3, 2, 2))
-    got = load_calibration(str(path), expected_shape=(3, 2, 2))
-    assert got.dtype == np.float32 and got.flags.c_contiguous
-    np.testing.assert_array_equal(got, np.arange(24).reshape(2, 3, 2, 2))
-
-
-@pytest.mark.parametrize(
-    ("arrays", "message"),
-    [
-        ({"images": np.zeros((2, 1, 4, 4))}, r"has no key 'x' \(it has: images\)"),
-        ({"x": np.zeros((2, 16))}, r"key 'x' has shape \(2, 16\); expected \(N, C, H, W\)"),
-        ({"x": np.zeros((0, 1, 4, 4))}, r"key 'x' has shape \(0, 1, 4, 4\); expected .* N >= 1"),
-        ({"x": np.array([[[["a"]]]])}, r"key 'x' has dtype <U1; expected real numbers"),
-        ({"x": np.zeros((1, 1, 4, 4), np.complex64)}, r"dtype complex64; expected real"),
-        ({"x": np.full((1, 1, 4, 4), np.nan)}, r"holds 16 NaN or infinite value"),
-        (
-            {"x": np.zeros((2, 3, 4, 4))},
-            r"shape \(C, H, W\) = \(3, 4, 4\), but the model takes \(1, 4, 4\)",
-        ),
-    ],
-)
-def test_load_calibration_refuses_bad_files(
-    tmp_path: Path, arrays: dict[str, np.ndarray], message: str
-) -> None:
-    path = tmp_path / "calib.npz"
-    np.savez(path, **arrays)  # type: ignore[arg-type]
-    with pytest.raises(InputError, match=rf"calibration file '.*calib\.npz'.*{message}"):
-        load_calibration(str(path), expected_shape=(1, 4, 4))
-
-
-def test_load_calibration_refuses_missing_and_non_npz_files(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"'.*nope\.npz' does not exist; give 'sample'"):
-        load_calibration(str(tmp_path / "nope.npz"))
-    text = tmp_path / "text.npz"
-    text.write_text("not numpy")
-    with pytest.raises(InputError, match=r"'.*text\.npz' is not a readable \.npz"):
-        load_calibration(str(text))
-    bare = tmp_path / "bare.npy"
-    np.save(bare, np.zeros((1, 1, 2, 2)))
-    with pytest.raises(InputError, match="holds a bare array"):
-        load_calibration(str(bare))
-    with pytest.raises(
-        InputError, match=r"sample holds images of shape \(C, H, W\) = \(1, 28, 28\)"
-    ):
-        load_calibration("sample", expected_shape=(3, 32, 32))

@@ -32,10 +32,9 @@ from dopant.dialects.qnn import DequantizeOp, QnnOp
 from dopant.dialects.qnn.values import value_names
 from dopant.runtime import reference
 from dopant.runtime.loader import load
-from dopant.runtime.memory import Memories, read_dense, write_dense
 from dopant.runtime.queues import engine_queues, token_list
 from dopant.runtime.semantics import OPS
-from dopant.runtime.simulator import quantize_inputs
+from dopant.runtime.simulator import initial_memories, quantize_inputs, read_tensors
 from dopant.support.errors import PipelineError
 
 SETTINGS = {
@@ -171,11 +170,7 @@ def run_out_of_order(binary: bytes, x: np.ndarray, order: int | str) -> list[np.
     missing dependency (a load overwriting a buffer still read, a read before its write)
     shows as a different result."""
     program = load(binary)
-    mem = Memories.empty(program.accel_config(), program.dram_bytes)
-    for segment in program.segments:
-        write_dense(mem.dram, segment.dram, segment.values, segment.bits, segment.signed)
-    for desc, values in zip(program.inputs, quantize_inputs(program, [x]), strict=True):
-        write_dense(mem.dram, desc.dram, values, desc.bits, desc.signed)
+    mem = initial_memories(program, quantize_inputs(program, [x]))
     code = program.instructions
     queues = engine_queues(code)
     heads, counts, rng = dict.fromkeys(queues, 0), [0] * TOKENS, random.Random(order)
@@ -196,7 +191,7 @@ def run_out_of_order(binary: bytes, x: np.ndarray, order: int | str) -> list[np.
         for token in token_list(instruction["signal"]):
             counts[token] += 1
         heads[engine] += 1
-    return [read_dense(mem.dram, d.dram, d.count, d.bits, d.signed) for d in program.outputs]
+    return [row[0] for row in read_tensors(mem, program.outputs, "outputs")]
 
 
 class ReadLate(nn.Module):

@@ -181,12 +181,12 @@ def test_grouped_and_depthwise_convs_accumulate_onto_the_accumulator(
 
 def test_integer_conv_switches_to_int64_where_float64_would_round() -> None:
     # Nine products near 2^26 * 2^26 sum to about 9 * 2^52 > 2^53: float64 would round them.
-    x = np.full((1, 3, 3), (1 << 26) + 1, np.int64)
+    x = np.full((1, 1, 3, 3), (1 << 26) + 1, np.int64)  # a batch of one image
     w = np.full((1, 1, 3, 3), (1 << 26) - 1, np.int64)
     w[0, 0, 0, 0] += 2
     got = integer_conv(x, w, (1, 1), (1, 1), 1)
     exact = sum(int(a) * int(b) for a, b in zip(x.reshape(-1), w.reshape(-1), strict=True))
-    assert got.dtype == np.int64 and int(got[0, 0, 0]) == exact
+    assert got.dtype == np.int64 and int(got[0, 0, 0, 0]) == exact
     assert int(float(exact)) != exact  # float64 cannot hold this sum
 
 
@@ -449,7 +449,9 @@ def test_inputs_of_the_wrong_count_shape_dtype_or_range_raise_input_error_naming
     ):
         prog.run(np.zeros((3, 2)))
     with pytest.raises(
-        InputError, match="input 'x' expects real numbers, but an array of dtype <U1"
+        InputError,
+        match=r"input 'x' expects real numbers \(a float or integer array\), but an "
+        "array of dtype <U1",
     ):
         prog.run(np.full((2, 3), "a"))
     with pytest.raises(InputError, match="input 'x' holds NaN"):
@@ -537,7 +539,8 @@ def test_main_run_and_main_profile_print_results_and_write_a_trace(
     main_run(binary, tmp_path / "x.npy", tmp_path / "trace.json")
     out = capsys.readouterr().out
     # y = x quantized at scale 0.5, read back at scale 0.25: half of x.
-    assert "output 'y' [2, 3] (argmax 2):\n[[ 0.5  1.   1.5]\n [-0.5 -1.  -1.5]]" in out
+    assert "output 'y' [2, 3]:\n[[ 0.5  1.   1.5]\n [-0.5 -1.  -1.5]]" in out
+    assert "sample 0: 2 (1.5)\nsample 1: 0 (-0.5)\n" in out  # the top class of each sample
     assert "\ntotal " in out and "utilization" in out
     trace = json.loads((tmp_path / "trace.json").read_text())
     assert [e["name"] for e in trace["traceEvents"] if e["ph"] == "X"] == [
@@ -546,5 +549,7 @@ def test_main_run_and_main_profile_print_results_and_write_a_trace(
     ]
     main_profile(binary)
     assert "\ntotal " in capsys.readouterr().out
-    with pytest.raises(InputError, match="cannot read inputs from"):
+    with pytest.raises(
+        InputError, match=r"missing\.npy. does not exist; give the path of a \.npy file"
+    ):
         main_run(binary, tmp_path / "missing.npy")

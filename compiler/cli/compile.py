@@ -84,7 +84,7 @@ def _compiled(args: argparse.Namespace) -> tuple[CompiledModel, ModuleOp]:
     module = read_ir(args.model) if from_ir else imported_module(args)
     check_layer_paths(module, args.override or ())
     _needs_calibration(module, args)
-    data = calibration_data(args.calibration, module) if args.calibration else None
+    data = calibration_data(args.calibration, module, args) if args.calibration else None
     compiled = compile_module(
         module,
         target=config,
@@ -132,7 +132,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
             )
         program, quantized = load(args.model), read_ir(args.ir)
         check_compiled_from(program.source, quantized, f"'{args.ir}' (--ir)")
-        images = calibration_data(args.inputs or "sample", quantized)[: args.images]
+        images = calibration_data(args.inputs or "sample", quantized, args)[: args.images]
         result = compare_program(
             program,
             quantized,
@@ -144,7 +144,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         if args.ir or args.float_ir:
             raise InputError("--ir and --float-ir go with a .dpb binary, not with a model.")
         compiled, module = _compiled(args)
-        images = calibration_data(args.inputs or args.calibration or "sample", module)
+        images = calibration_data(args.inputs or args.calibration or "sample", module, args)
         result = compare(compiled, images[: args.images], snr_threshold_db=args.snr_threshold)
     print(result.table())
     print(result.summary())
@@ -160,7 +160,7 @@ def _add_compile_options(p: argparse.ArgumentParser, also: str = "") -> None:
     add_model_arguments(p, f"zoo:NAME, path/to/file.py:factory, or a .mlir file{also}")
     p.add_argument("--target", default="edge16", help="preset (small8, edge16, large32) or .toml")
     p.add_argument("--dataflow", choices=("ws", "os"), help="override the target's dataflow")
-    p.add_argument("--calibration", help="'sample' or a .npz with images 'x' (float models)")
+    p.add_argument("--calibration", help="calibration data (float models): a SPEC as for calibrate")
     p.add_argument(
         "--pipeline",
         help="passes for the canonical stage instead of 'fold-batchnorm{strict=true},"
@@ -184,7 +184,7 @@ def register(command: Command) -> None:
     )
     _add_compile_options(p, ", or a .dpb binary (with --ir)")
     p.add_argument(
-        "--inputs", help="'sample' or a .npz with images 'x' to compare on (default: calibration)"
+        "--inputs", help="data to compare on, a SPEC as for calibrate (default: calibration)"
     )
     p.add_argument("--ir", help="with a .dpb MODEL: the quantized .mlir it was compiled from")
     p.add_argument("--float-ir", help="with a .dpb MODEL: the float .mlir, for the SNR column")

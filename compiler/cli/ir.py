@@ -29,9 +29,15 @@ def _cmd_import(args: argparse.Namespace) -> None:
         from dopant.compiler.driver import CANONICAL_PIPELINE
         from dopant.compiler.pipeline import run_pipeline
 
-        data = calibration_data(args.calibration, module)
+        data = calibration_data(args.calibration, module, args)
         run_pipeline(module, CANONICAL_PIPELINE)
-        calibrate(module, data, args.method, percentile=args.percentile)
+        calibrate(
+            module,
+            data,
+            args.method,
+            percentile=args.percentile,
+            progress=not getattr(args, "quiet", False),
+        )
     write_ir(module, args.output, args.generic)
 
 
@@ -85,7 +91,7 @@ def register(command: Command) -> None:
     add_model_arguments(p, "zoo:NAME or path/to/file.py:factory")
     p.add_argument("-o", "--output", help="output .mlir file (default: standard output)")
     p.add_argument("--generic", action="store_true", help="print the generic op form")
-    p.add_argument("--calibration", help="also fold, fuse and calibrate on 'sample' or a .npz")
+    p.add_argument("--calibration", help="also fold, fuse and calibrate on this data (SPEC)")
     add_calibration_options(p)
 
     p = command("opt", _cmd_opt, "run a pass pipeline on qnn IR")

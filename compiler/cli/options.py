@@ -1,34 +1,59 @@
-"""What the command groups share: the `Command` a group registers its subcommands with, and the
-calibration and quantization options (`quantize`, `compile`, `compare` and `import` take them).
+"""What the command groups share: the `Command` a group registers its subcommands with, the
+data options (a SPEC and its preprocessing: `--mean`, `--std`, `--fit`), and the calibration
+and quantization options (`quantize`, `compile`, `compare` and `import` take them).
+
+A SPEC is what `dopant.compiler.inputs.load_samples` reads: `sample`, `fashion-mnist`, a .npy
+or .npz file, an image file or an image folder.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 
+if TYPE_CHECKING:
+    from dopant.compiler.inputs import Preprocess
+
 # command(name, handler, help) -> the subcommand's parser, for the group to add arguments to.
 Command = Callable[[str, Callable[[argparse.Namespace], None], str], argparse.ArgumentParser]
 
-
-def _sample_shape(module: ModuleOp) -> tuple[int, ...]:
-    from xdsl.dialects.builtin import TensorType
-    from xdsl.dialects.func import FuncOp
-
-    fn = next(op for op in module.walk() if isinstance(op, FuncOp))
-    ty = fn.body.block.args[0].type
-    assert isinstance(ty, TensorType)
-    return tuple(ty.get_shape()[1:])
+SPEC_HELP = (
+    "'sample', 'fashion-mnist', a .npy of images, a .npz with images 'x' (and labels 'y'), "
+    "an image file or a folder of images (or of class subfolders)"
+)
 
 
-def calibration_data(spec: str, module: ModuleOp) -> np.ndarray:
-    """The calibration images `spec` names ('sample' or a .npz), checked against the model."""
-    from dopant.compiler.models.datasets import load_calibration
+def shows_progress(args: argparse.Namespace) -> bool:
+    """Progress bars unless the global --quiet asked for silence."""
+    return not getattr(args, "quiet", False)
 
-    return load_calibration(spec, _sample_shape(module))
+
+def preprocess_of(args: argparse.Namespace) -> Preprocess:
+    """The data options `add_data_options` added, as `compiler.inputs.Preprocess`."""
+    from dopant.compiler.inputs import Preprocess
+
+    return Preprocess(
+        mean=getattr(args, "mean", None) or (),
+        std=getattr(args, "std", None) or (),
+        fit=getattr(args, "fit", "resize"),
+    )
+
+
+def calibration_data(
+    spec: str, module: ModuleOp, args: argparse.Namespace | None = None
+) -> np.ndarray:
+    """The calibration samples `spec` names, checked against the model's input and
+    preprocessed by `args`' data options (none: uint8 / 255 only)."""
+    from dopant.compiler.inputs import Preprocess, load_samples, model_sample_shape
+
+    shape = model_sample_shape(module, "to calibrate")
+    preprocess = Preprocess() if args is None else preprocess_of(args)
+    show = args is not None and shows_progress(args)
+    return load_samples(spec, shape, split="calibration", preprocess=preprocess, show=show).x
 
 
 def quantize_options(args: argparse.Namespace) -> dict[str, object]:
@@ -43,6 +68,40 @@ def quantize_options(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    """'0.485,0.456,0.406' -> (0.485, 0.456, 0.406), for --mean and --std."""
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a list of numbers; write one per channel separated by commas, "
+            "e.g. 0.5 or 0.485,0.456,0.406"
+        ) from None
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """How data from files becomes the model's input (after uint8 pixels / 255)."""
+    p.add_argument(
+        "--mean",
+        type=_floats,
+        metavar="M[,M...]",
+        help="subtract per channel after scaling uint8 to [0, 1] (one value or one per channel)",
+    )
+    p.add_argument(
+        "--std",
+        type=_floats,
+        metavar="S[,S...]",
+        help="then divide per channel, e.g. --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225",
+    )
+    p.add_argument(
+        "--fit",
+        default="resize",
+        choices=("resize", "crop"),
+        help="images of another size: resize to the model's HxW, or scale keeping the aspect "
+        "ratio and cut out the center (default resize)",
+    )
+
+
 def add_calibration_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--method",
@@ -51,6 +110,7 @@ def add_calibration_options(p: argparse.ArgumentParser) -> None:
         help="range per activation (default minmax)",
     )
     p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile")
+    add_data_options(p)
 
 
 def add_quantize_options(p: argparse.ArgumentParser) -> None:

@@ -29,6 +29,18 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 SPLITS = {"train": "train", "test": "t10k"}  # split -> IDX file prefix
 NUM_CLASSES = 10
+CLASS_NAMES = (  # Fashion-MNIST's labels 0..9 (Xiao et al., 2017)
+    "T-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
 SAMPLE_FILE = "fashion_sample.npz"
 SAMPLE_CALIBRATION_SIZE = 512
 SAMPLE_TEST_PER_CLASS = 100
@@ -246,75 +258,3 @@ def load_sample() -> tuple[Dataset, Dataset]:
             Dataset(_images(npz["calib_x"]), npz["calib_y"]),
             Dataset(_images(npz["test_x"]), npz["test_y"]),
         )
-
-
-def load_calibration(spec: str, expected_shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """Calibration images as float32 (N, C, H, W): `spec` is "sample" (the shipped 512 images)
-    or the path of a .npz whose array `x` holds them, already preprocessed as the model expects.
-
-    `expected_shape` is the model's (C, H, W); images of another shape are refused.
-    """
-    if spec == "sample":
-        x = load_sample()[0].x
-        source = "the shipped Fashion-MNIST calibration sample"
-    else:
-        x = _calibration_array(Path(spec))
-        source = f"calibration file '{spec}' (key 'x')"
-    if expected_shape is not None and tuple(x.shape[1:]) != tuple(expected_shape):
-        raise InputError(
-            f"{source} holds images of shape (C, H, W) = {tuple(x.shape[1:])}, but the model "
-            f"takes {tuple(expected_shape)}; give a .npz whose array 'x' has the model's input "
-            "shape."
-        )
-    return x
-
-
-def _calibration_array(path: Path) -> np.ndarray:
-    """Array `x` of a calibration .npz, checked: real numbers, (N, C, H, W), N >= 1, finite."""
-    if not path.is_file():
-        raise InputError(
-            f"calibration file '{path}' does not exist; give 'sample' or the path of a .npz "
-            "with an array 'x' of shape (N, C, H, W)."
-        )
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        raise InputError(
-            f"calibration file '{path}' is not a readable .npz ({error}); save it with "
-            "numpy.savez(path, x=images)."
-        ) from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise InputError(
-            f"calibration file '{path}' holds a bare array, not a .npz archive; save it with "
-            "numpy.savez(path, x=images)."
-        )
-    with npz:
-        if "x" not in npz.files:
-            raise InputError(
-                f"calibration file '{path}' has no key 'x' (it has: "
-                f"{', '.join(npz.files) or 'nothing'}); store the images as x=..."
-            )
-        try:
-            x = npz["x"]
-        except ValueError as error:  # object arrays refuse to load without pickle
-            raise InputError(
-                f"calibration file '{path}', key 'x': {error}; store a numeric array."
-            ) from None
-    if x.dtype.kind not in "iuf":
-        raise InputError(
-            f"calibration file '{path}', key 'x' has dtype {x.dtype}; expected real numbers "
-            "(float or integer) convertible to float32."
-        )
-    if x.ndim != 4 or 0 in x.shape:
-        raise InputError(
-            f"calibration file '{path}', key 'x' has shape {x.shape}; expected (N, C, H, W) "
-            "with N >= 1 images and non-empty C, H, W."
-        )
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    bad = int(x.size - np.count_nonzero(np.isfinite(x)))
-    if bad:
-        raise InputError(
-            f"calibration file '{path}', key 'x' holds {bad} NaN or infinite value(s) (after "
-            "conversion to float32); calibration needs finite values."
-        )
-    return x
