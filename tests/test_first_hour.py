@@ -240,3 +240,18 @@ def test_a_compile_on_a_terminal_shows_its_stages_unless_quiet(
     drawn = terminal.getvalue()
     assert ("compile:" in drawn and "stage" in drawn) is not quiet
     assert drawn.strip().endswith("bytes for 'edge16' (ws)")  # the bar leaves no line behind
+
+
+def test_eval_warns_about_a_model_imported_untrained(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    float_ir, quantized = tmp_path / "mlp.mlir", tmp_path / "q.mlir"
+    assert main(["import", "zoo:mlp", "-o", str(float_ir)]) == 0
+    args = ["quantize", str(float_ir), "--calibration", "sample", "-o", str(quantized)]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["eval", str(quantized), "--limit", "50"]) == 0
+    err = capsys.readouterr().err
+    assert "q.mlir was imported with untrained weights (zoo:mlp, seeded initialization)" in err
+    assert main(["quantize", str(float_ir), "-o", str(quantized)]) == 1  # no ranges, no data
+    assert "carries no activation ranges; add --calibration sample" in capsys.readouterr().err

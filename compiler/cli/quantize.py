@@ -6,7 +6,8 @@ Handlers import the compiler (xDSL, torch) when they run, so `dopant --help` sta
 from __future__ import annotations
 
 import argparse
-import sys
+import warnings
+from typing import TYPE_CHECKING
 
 from dopant.compiler.cli.options import (
     SPEC_HELP,
@@ -19,6 +20,10 @@ from dopant.compiler.cli.options import (
     quantize_options,
     shows_progress,
 )
+from dopant.support.errors import DopantWarning
+
+if TYPE_CHECKING:
+    from xdsl.dialects.builtin import ModuleOp
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> None:
@@ -35,10 +40,23 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> None:
-    from dopant.compiler.driver import quantize_network
+    from dopant.compiler.driver import is_calibrated, quantize_network, quantize_pass
     from dopant.compiler.irio import read_ir, write_ir
+    from dopant.passes.set_bits import check_layer_paths, parse_entries
+    from dopant.support.errors import InputError
+    from dopant.support.files import check_writable
 
+    quantize_pass(quantize_options(args))  # every option checked before the IR is read
+    parse_entries(args.override or ())
+    if args.output and args.output != "-":
+        check_writable(args.output)
     module = read_ir(args.input)
+    check_layer_paths(module, args.override or ())
+    if not args.calibration and not is_calibrated(module):
+        raise InputError(
+            f"{args.input} carries no activation ranges; add --calibration sample (the shipped "
+            "images) or --calibration SPEC (your own), or run `dopant calibrate` first."
+        )
     data = calibration_data(args.calibration, module, args) if args.calibration else None
     quantized = quantize_network(
         module,
@@ -51,6 +69,23 @@ def _cmd_quantize(args: argparse.Namespace) -> None:
     write_ir(quantized, args.output)
 
 
+def _warn_if_untrained(module: ModuleOp, name: str) -> None:
+    """The import recorded where the weights came from (`qnn.weights`): say so before the
+    evaluation when they are a model's initialization."""
+    from xdsl.dialects.builtin import StringAttr
+
+    from dopant.compiler.models.load import UNTRAINED, WEIGHTS_ATTR
+
+    weights = module.attributes.get(WEIGHTS_ATTR)
+    if isinstance(weights, StringAttr) and weights.data.startswith(UNTRAINED):
+        warnings.warn(
+            f"{name} was imported with untrained weights ({weights.data.split(': ', 1)[-1]}); "
+            "its accuracy is chance: import it with --weights FILE.",
+            DopantWarning,
+            stacklevel=2,
+        )
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
     from dopant.compiler.evaluate import score
     from dopant.compiler.inputs import load_samples, model_sample_shape
@@ -58,6 +93,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from dopant.support.errors import InputError
 
     module = read_ir(args.input)
+    _warn_if_untrained(module, args.input)
     data = load_samples(
         args.data,
         model_sample_shape(module, "to evaluate"),
@@ -77,12 +113,13 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         f"{data.source}"
     )
     if result.at_chance:
-        print(
-            f"dopant: warning: {result.accuracy:.2%} is no better than chance for "
-            f"{result.classes} classes (about {1 / result.classes:.0%}): the model may be "
-            "untrained, the labels in another order than its classes, or the data normalized "
-            "unlike its training data (check --mean and --std).",
-            file=sys.stderr,
+        warnings.warn(
+            f"{result.accuracy:.2%} is no better than chance for {result.classes} classes "
+            f"(about {1 / result.classes:.0%}): the model may be untrained, the labels in another "
+            "order than its classes, or the data normalized unlike its training data (check "
+            "--mean and --std).",
+            DopantWarning,
+            stacklevel=2,
         )
 
 
