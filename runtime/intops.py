@@ -101,11 +101,18 @@ def saturating_rounding_doubling_high_mul(a: ArrayLike, b: ArrayLike) -> np.ndar
     saturates to INT32_MAX. Example: a = 5, b = 2^30: (5 * 2^30 + 2^30) / 2^31 = 3 (2.5 -> 3);
     a = -5: (-5 * 2^30 + 1 - 2^30) / 2^31 = -2.9999... -> -2 (-2.5 -> -2).
     """
-    a64, b64 = _ints("a", a), _ints("b", b)
-    ab = a64 * b64
-    v = ab + np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
-    high = np.where(v >= 0, v >> 31, -((-v) >> 31))  # division truncating toward zero
-    return np.where((a64 == INT32_MIN) & (b64 == INT32_MIN), INT32_MAX, high)
+    return _high_mul(_ints("a", a), _ints("b", b))
+
+
+def _high_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """SRDHM of int64 arrays already checked to hold int32 values, in four array passes.
+
+    v has the sign of a * b, and truncating v toward zero is floor((v + 2^31 - 1) / 2^31) when
+    v < 0, so both of gemmlowp's cases are floor((a * b + 2^30) / 2^31). Its only value past
+    INT32_MAX is 2^31, from a = b = INT32_MIN (any other product is at most 2^62 - 2^31), so the
+    saturation is a minimum.
+    """
+    return np.minimum((a * b + (1 << 30)) >> 31, INT32_MAX)
 
 
 def rounding_divide_by_pot(x: ArrayLike, exponent: ArrayLike) -> np.ndarray:
@@ -115,10 +122,16 @@ def rounding_divide_by_pot(x: ArrayLike, exponent: ArrayLike) -> np.ndarray:
     (remainder > threshold), mask = 2^exponent - 1, exponent in [0, 31]. Examples with exponent 1:
     5 -> 2 + (1 > 0) = 3; -5 -> -3 + (1 > 1) = -3; -4 -> -2 + (0 > 1) = -2.
     """
-    x64, e = _ints("x", x), _ints("exponent", exponent, 0, 31)
-    mask = (np.int64(1) << e) - 1
-    threshold = (mask >> 1) + (x64 < 0)
-    return (x64 >> e) + ((x64 & mask) > threshold)
+    return _divide_by_pot(_ints("x", x), _ints("exponent", exponent, 0, 31))
+
+
+def _divide_by_pot(x64: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """RoundingDivideByPOT of int64 arrays already checked (x int32, e in [0, 31]), in four
+    array passes: (x + nudge) >> e, the nudge 2^(e-1) for x >= 0 and 2^(e-1) - 1 for x < 0 (0
+    when e = 0). It carries into the shifted bits exactly when remainder > threshold, so it is
+    gemmlowp's test moved inside the shift."""
+    half = (np.int64(1) << e) >> 1
+    return (x64 + np.where(x64 >= 0, half, np.maximum(half - 1, 0))) >> e
 
 
 def multiply_by_quantized_multiplier(
@@ -137,10 +150,9 @@ def multiply_by_quantized_multiplier(
     m = _ints("m0", m0, 0, INT32_MAX)
     s = _ints("shift", shift, MIN_SHIFT, MAX_SHIFT)
     if rounding == "gemmlowp":
+        # Every intermediate is in range by construction: the unchecked steps follow.
         shifted = np.clip(x64 << np.maximum(s, 0), INT32_MIN, INT32_MAX)
-        return rounding_divide_by_pot(
-            saturating_rounding_doubling_high_mul(shifted, m), np.maximum(-s, 0)
-        )
+        return _divide_by_pot(_high_mul(shifted, m), np.maximum(-s, 0))
     if rounding == "single":
         total = 31 - s  # in [1, 62]; |x * M0| < 2^62, so nothing below overflows int64
         result = (x64 * m + (np.int64(1) << (total - 1))) >> total

@@ -17,6 +17,7 @@ out-of-range span and give wrong values instead of an error.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -123,19 +124,32 @@ class Memories:
     def batch(self) -> int:
         return len(self.dram)
 
-    def sp_span(self, field: str, start: int, count: int) -> np.ndarray:
-        """The view sp[:, start:start + count], which field `field` addresses."""
-        return _span(self.sp, "byte scratchpad", field, start, count)
+    def sp_span(self, field: str, start: int, *shape: int) -> np.ndarray:
+        """The view sp[:, start:start + prod(shape)] as [batch, *shape] (dense, row-major),
+        which field `field` addresses."""
+        return _span(self.sp, "byte scratchpad", field, start, shape)
 
-    def acc_span(self, field: str, start: int, count: int) -> np.ndarray:
-        """The view acc[:, start:start + count], which field `field` addresses."""
-        return _span(self.acc, "word accumulator", field, start, count)
+    def acc_span(self, field: str, start: int, *shape: int) -> np.ndarray:
+        """The view acc[:, start:start + prod(shape)] as [batch, *shape], which field `field`
+        addresses."""
+        return _span(self.acc, "word accumulator", field, start, shape)
 
 
-def _span(memory: np.ndarray, name: str, field: str, start: int, count: int) -> np.ndarray:
-    size = memory.shape[1]
+def _span(
+    memory: np.ndarray, name: str, field: str, start: int, shape: tuple[int, ...]
+) -> np.ndarray:
+    count, size = math.prod(shape), memory.shape[1]
     if start < 0 or start + count > size:
         raise SimulationError(
             f"field {field}={start} with {count} elements runs past the {size}-{name}"
         )
-    return memory[:, start : start + count]
+    # Built as a view, never a copy (as a reshape may be): instructions write through it.
+    item = memory.itemsize
+    dense = [item * math.prod(shape[i + 1 :]) for i in range(len(shape))]
+    return np.ndarray(
+        (len(memory), *shape),
+        memory.dtype,
+        buffer=memory,
+        offset=start * item,
+        strides=(memory.strides[0], *dense),
+    )

@@ -51,35 +51,30 @@ def load(f: Fields, mem: Memories) -> None:
     """DRAM -> sp/acc: a d x h x w block, zero outside the source plane (padding)."""
     d, h, w = f["d"], f["h"], f["w"]
     if f["to_acc"]:
-        dest = mem.acc_span("local", f["local"], d * h * w)
+        dest = mem.acc_span("local", f["local"], d, h, w)
     elif element_bytes(f["bits"]) != 1:
         raise SimulationError(
             f"field bits={f['bits']}: the scratchpad holds elements of at most 8 bits"
         )
     else:
-        dest = mem.sp_span("local", f["local"], d * h * w)
+        dest = mem.sp_span("local", f["local"], d, h, w)
     # Rows pad_top .. pad_top + src_h (and columns likewise) come from DRAM; the rest is zero.
     r0, c0 = f["pad_top"], f["pad_left"]
     r1, c1 = min(h, r0 + f["src_h"]), min(w, c0 + f["src_w"])
-    strides = (f["sd"], f["sh"], f["sw"])
-    if (r0, c0, r1, c1) == (0, 0, h, w):  # no padding: the block is all DRAM
-        dram = dram_block(mem.dram, f["dram"], (d, h, w), strides, f["bits"], bool(f["signed"]))
-        dest[...] = dram.reshape(mem.batch, -1)
+    if (r0, c0, r1, c1) != (0, 0, h, w):
+        dest[...] = 0
+    if r1 <= r0 or c1 <= c0:
         return
-    block = np.zeros((mem.batch, d, h, w), dest.dtype)
-    if r1 > r0 and c1 > c0:
-        shape = (d, r1 - r0, c1 - c0)
-        block[:, :, r0:r1, c0:c1] = dram_block(
-            mem.dram, f["dram"], shape, strides, f["bits"], bool(f["signed"])
-        )
-    # Assigned through the span: a reshaped span could be a copy, and writes to it would be lost.
-    dest[...] = block.reshape(mem.batch, -1)
+    shape, strides = (d, r1 - r0, c1 - c0), (f["sd"], f["sh"], f["sw"])
+    dest[:, :, r0:r1, c0:c1] = dram_block(
+        mem.dram, f["dram"], shape, strides, f["bits"], bool(f["signed"])
+    )
 
 
 def store(f: Fields, mem: Memories) -> None:
     """sp -> DRAM: a dense d x h x w block to strided DRAM elements."""
     d, h, w = f["d"], f["h"], f["w"]
-    block = mem.sp_span("local", f["local"], d * h * w).reshape(mem.batch, d, h, w)
+    block = mem.sp_span("local", f["local"], d, h, w)
     _write_block(f, mem, block)
 
 
@@ -93,11 +88,16 @@ def _write_block(f: Fields, mem: Memories, block: np.ndarray) -> None:
 def store_acc(f: Fields, mem: Memories) -> None:
     """acc -> DRAM through the requantizer: depth slice i uses (m0[i], shift[i])."""
     d, h, w = f["d"], f["h"], f["w"]
-    block = mem.acc_span("local", f["local"], d * h * w).reshape(mem.batch, d, h * w)
+    block = mem.acc_span("local", f["local"], d, h * w)
     params = mem.acc_span("params", f["params"], 2 * d)
     m0, shift = params[:, :d, None], params[:, d:, None]
     q = intops.multiply_by_quantized_multiplier(block, m0, shift, _rounding(f))
     _write_block(f, mem, np.clip(q, f["lo"], f["hi"]).reshape(mem.batch, d, h, w))
+
+
+def _magnitude(values: np.ndarray) -> int:
+    """max |values| without the temporary array np.abs makes."""
+    return max(-int(values.min(initial=0)), int(values.max(initial=0)))
 
 
 def integer_conv(
@@ -118,14 +118,14 @@ def integer_conv(
     is exact while the sums fit 63 bits.
     """
     depth = w[0].size
-    peak = depth * int(np.abs(x).max(initial=0)) * int(np.abs(w).max(initial=0))
+    peak = depth * _magnitude(x) * _magnitude(w)
     if peak >= 1 << 63:
         raise SimulationError("the convolution's integer sums may overflow 64 bits")
     dtype = next((t for limit, t in _EXACT_FLOATS if peak < limit), np.int64)
     y = kernels.conv2d(
         x.astype(dtype), w.astype(dtype), None, strides, (0, 0, 0, 0), dilation, groups
     )
-    return y if dtype is np.int64 else np.rint(y).astype(np.int64)
+    return y.astype(np.int64, copy=False)  # exact integers: the cast from float rounds nothing
 
 
 def _check_operand(values: np.ndarray, bits: int, what: str) -> None:
@@ -155,8 +155,7 @@ def conv(f: Fields, mem: Memories) -> None:
             "outputs read"
         )
     batch, ih, iw = mem.batch, f["ih"], f["iw"]
-    x = mem.sp_span("inp", f["inp"], c_in * ih * iw).reshape(batch, c_in, ih, iw)
-    x = x[:, :, :need_h, :need_w]
+    x = mem.sp_span("inp", f["inp"], c_in, ih, iw)[:, :, :need_h, :need_w]
     cg, kh, kw = c_in // groups, f["kh"], f["kw"]
     wgt = mem.sp_span("wgt", f["wgt"], n * cg * kh * kw)
     _check_operand(x, f["a_bits"], "activations")
@@ -208,7 +207,7 @@ def vpool(f: Fields, mem: Memories) -> None:
     """Max or average pooling of a c x ih x iw tile, torch's window and divisor rules."""
     _require_positive(f, "kh", "kw", "stride_h", "stride_w")
     c, ih, iw = f["c"], f["ih"], f["iw"]
-    x = mem.sp_span("inp", f["inp"], c * ih * iw).reshape(mem.batch, c, ih, iw)
+    x = mem.sp_span("inp", f["inp"], c, ih, iw)
     pool = kernels.Pool(
         (f["kh"], f["kw"]),
         (f["stride_h"], f["stride_w"]),

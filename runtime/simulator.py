@@ -147,8 +147,9 @@ def _same_batch(
         if len(array) != len(arrays[0]):
             raise InputError(
                 f"input '{desc.name}' holds {len(array)} image(s) (shape "
-                f"{list(np.shape(value))}) but input '{descs[0].name}' holds {len(arrays[0])} "
-                f"(shape {list(np.shape(given[0]))}); give every input the same batch"
+                f"{list(np.asarray(value).shape)}) but input '{descs[0].name}' holds "
+                f"{len(arrays[0])} (shape {list(np.asarray(given[0]).shape)}); give every input "
+                "the same batch"
             )
 
 
