@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 
-from dopant.compiler.driver import CompiledModel
+from dopant.compiler.driver import CompiledModel, check_compiled_from
 from dopant.compiler.evaluate import BatchedRunner, snr_db
 from dopant.dialects.qnn.values import float_name
 from dopant.runtime import intops
@@ -140,7 +140,9 @@ def compare_program(
 ) -> Comparison:
     """Run `x` (N images, each a network input) through `program` on the simulator, the
     `quantized` IR it was compiled from on the integer reference and, if given, the float IR,
-    and compare every layer's value; see the module docstring."""
+    and compare every layer's value; see the module docstring. InputError if the binary records
+    the digest of another IR than `quantized`."""
+    check_compiled_from(program.source, quantized, "the quantized IR given")
     if not program.values:
         raise InputError(
             "the binary has no debug values to compare (it was emitted without them); "

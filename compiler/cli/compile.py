@@ -131,7 +131,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
                 "compiled from (dopant compile --emit quantized)."
             )
         program, quantized = load(args.model), read_ir(args.ir)
-        check_compiled_from(program.source, quantized, f"'{args.ir}' (--ir)")
+        check_compiled_from(program.source, quantized, f"'{args.ir}' (--ir)")  # before the data
         images = calibration_data(args.inputs or "sample", quantized, args)[: args.images]
         result = compare_program(
             program,

@@ -51,17 +51,17 @@ def _cmd_opt(args: argparse.Namespace) -> None:
         if path and path != "-":
             check_writable(path)
     module = read_ir(args.input)
-    dump = io.StringIO() if args.dump_to else sys.stderr
+    buffer = io.StringIO() if args.dump_to else None
     report = run_pipeline(
         module,
         passes,
         verify_each=not args.no_verify,
         print_ir_after=args.print_ir_after or (),
         print_ir_after_all=args.print_ir_after_all,
-        dump=dump,
+        dump=buffer or sys.stderr,
     )
-    if args.dump_to:
-        write_atomic(args.dump_to, dump.getvalue())
+    if buffer is not None:
+        write_atomic(args.dump_to, buffer.getvalue())
     write_ir(module, args.output, args.generic)
     if args.time_passes:
         print(report.table(), file=sys.stderr)

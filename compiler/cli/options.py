@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from xdsl.dialects.builtin import ModuleOp
@@ -56,7 +56,7 @@ def calibration_data(
     return load_samples(spec, shape, split="calibration", preprocess=preprocess, show=show).x
 
 
-def quantize_options(args: argparse.Namespace) -> dict[str, object]:
+def quantize_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "weight_bits": args.weight_bits,
         "act_bits": args.act_bits,

@@ -16,6 +16,7 @@ import pickle
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 import torch
@@ -95,7 +96,7 @@ def _torch_state(data: bytes, source: str) -> dict[str, np.ndarray]:
     }
 
 
-def _is_state(value: object) -> bool:
+def _is_state(value: object) -> TypeGuard[Mapping[str, torch.Tensor]]:
     return (
         isinstance(value, Mapping)
         and bool(value)
@@ -106,10 +107,12 @@ def _is_state(value: object) -> bool:
 def _unwrap(loaded: object, source: str) -> Mapping[str, torch.Tensor]:
     """A mapping of names to tensors: the file's object, or the one under a WRAPPERS key."""
     if _is_state(loaded):
-        return loaded  # type: ignore[return-value]
-    for key in WRAPPERS if isinstance(loaded, Mapping) else ():
-        if _is_state(loaded.get(key)):  # type: ignore[union-attr]
-            return loaded[key]  # type: ignore[index]
+        return loaded
+    if isinstance(loaded, Mapping):
+        for key in WRAPPERS:
+            inner = loaded.get(key)
+            if _is_state(inner):
+                return inner
     raise InputError(
         f"{source} holds a {type(loaded).__name__}, not a state dict (a mapping of names to "
         f"tensors, or one under a key {', '.join(WRAPPERS)}); save it with "
