@@ -7,9 +7,12 @@ It reads as its stages, in order, each one's IR kept and dumpable (`CompiledMode
     canonical   fold-batchnorm, fuse-activation            (or the caller's `pipeline`)
     calibrated  activation ranges from sample data         (calibrate)
     quantized   quantize                                   (integer-only qnn)
-    tiled       tile (the target recorded on the module)   (tile plans on the ops)
+    tiled       set-batch{size=1}, tile                    (tile plans; the target on the module)
     accel       convert-qnn-to-accel                       (one op per instruction)
     binary      emit                                       (.dpb bytes)
+
+A program computes one image: IR imported at batch N is compiled at batch 1 (`set-batch`), and
+`Program.run` takes N images at once, running them as one vectorized loop on the simulator.
 
 When a pass fails, the IR before it is written to a file and the error names the stage, the
 pass, that file and the `dopant opt` command that reproduces the failure.
@@ -33,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from xdsl.dialects.builtin import ModuleOp
+from xdsl.dialects.builtin import ModuleOp, TensorType
 from xdsl.passes import ModulePass
 
 from dopant.backend.config_attr import set_module_source, set_module_target
@@ -46,7 +49,7 @@ from dopant.compiler.irio import ir_text
 from dopant.compiler.pipeline import parse, run_pipeline
 from dopant.dialects.context import make_context
 from dopant.dialects.qnn import QnnOp
-from dopant.dialects.qnn.base import is_float
+from dopant.dialects.qnn.base import forward, is_float
 from dopant.passes.convert_qnn_to_accel import lower_network
 from dopant.passes.quantize import QuantizePass
 from dopant.passes.set_bits import parse_entries
@@ -183,6 +186,13 @@ def _run_stage(stage: str, module: ModuleOp, passes: Sequence[ModulePass]) -> No
             ) from error
 
 
+def input_batch(module: ModuleOp) -> int:
+    """The leading (batch) axis of `@forward`'s first argument."""
+    arg_type = forward(module, "to compile").body.block.args[0].type
+    assert isinstance(arg_type, TensorType)
+    return arg_type.get_shape()[0]
+
+
 def source_digest(module: ModuleOp) -> str:
     """'sha256:' and the digest of `module`'s IR text: what a binary records of the quantized
     IR it was compiled from (`dopant compile --emit quantized` prints that text)."""
@@ -264,6 +274,8 @@ def compile_module(
         _run_stage("quantized", module, [quantizer])
     keep("quantized")
     set_module_source(module, source_digest(stages["quantized"]))
+    if input_batch(module) != 1:  # one program per image; the simulator loops over a batch
+        run_pipeline(module, "set-batch{size=1}")
     set_module_target(module, config)  # the machine travels in the IR, reproducers included
     _run_stage("tiled", module, [TilePass()])
     keep("tiled")

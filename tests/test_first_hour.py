@@ -255,3 +255,16 @@ def test_eval_warns_about_a_model_imported_untrained(
     assert "q.mlir was imported with untrained weights (zoo:mlp, seeded initialization)" in err
     assert main(["quantize", str(float_ir), "-o", str(quantized)]) == 1  # no ranges, no data
     assert "carries no activation ranges; add --calibration sample" in capsys.readouterr().err
+
+
+def test_a_model_imported_at_batch_4_compiles_and_runs_four_images_bit_exact(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    binary, quantized = tmp_path / "b4.dpb", tmp_path / "b4.mlir"
+    args = ["compile", "zoo:lenet5", "--input-shape", "4,1,28,28", "--calibration", "sample"]
+    assert main([*args, "-o", str(binary), "--emit", "quantized"]) == 0
+    quantized.write_text(capsys.readouterr().out)
+    assert "tensor<4x1x28x28xf32>" in quantized.read_text()  # the IR keeps the user's batch
+    # The simulator (one program, the batch as a loop) against the integer reference at batch 4.
+    assert main(["compare", str(binary), "--ir", str(quantized), "--images", "4"]) == 0
+    assert "bit-exact on every layer" in capsys.readouterr().out

@@ -57,7 +57,10 @@ def _run(command: str, folder: Path) -> None:
             if into:
                 output = stack.enter_context((folder / into.strip()).open("w"))
                 stack.enter_context(contextlib.redirect_stdout(output))
-            status = main(argv[1:])
+            try:
+                status = main(argv[1:])
+            except SystemExit as done:  # argparse's --version and --help exit
+                status = done.code
         assert status == 0, f"README command failed ({status}): {command}"
         return
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

@@ -66,7 +66,7 @@ def plane(value: SSAValue, where: str) -> tuple[int, int, int]:
     if len(dims) not in (2, 4) or dims[0] != 1:
         raise DopantError(
             f"{where}: the accelerator takes batch-1 NCHW or [1, K] tensors, got {list(dims)}; "
-            "run set-batch{batch=1} first."
+            "run set-batch{size=1} first."
         )
     return (dims[1], dims[2], dims[3]) if len(dims) == 4 else (dims[1], 1, 1)
 

@@ -244,5 +244,5 @@ def _batch_one(op: Operation, batch: int) -> None:
         where = op.where if isinstance(op, QnnOp) else op.name
         raise DopantError(
             f"{where}: the accelerator runs batch 1, but the input has batch {batch}; run "
-            "set-batch{batch=1} first."
+            "set-batch{size=1} first."
         )
