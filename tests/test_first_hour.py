@@ -5,6 +5,7 @@ warnings for bit widths the machine lacks, and a compare that knows which IR a b
 from __future__ import annotations
 
 import io
+import re
 import sys
 import tempfile
 from importlib.metadata import version
@@ -53,7 +54,7 @@ def test_version_names_the_installed_package(capsys: pytest.CaptureFixture[str])
 
 @pytest.mark.parametrize("wrap", ["plain", "checkpoint"])
 def test_a_users_state_dict_gives_torchs_accuracy_through_the_cli(
-    tmp_path: Path, wrap: str
+    tmp_path: Path, wrap: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model = _perturbed_lenet5()
     state = model.state_dict()
@@ -67,8 +68,13 @@ def test_a_users_state_dict_gives_torchs_accuracy_through_the_cli(
     test = load_sample()[1].subset(500)
     want = _torch_accuracy(model, test.x, test.y)
     assert want != _torch_accuracy(load_pretrained("lenet5"), test.x, test.y)  # really ours
-    # The float IR on the reference interpreter against torch: at most one near-tie may flip.
-    assert abs(_float_ir_accuracy(out, test.x, test.y) - want) <= 1 / len(test)
+    np.savez(tmp_path / "test.npz", x=test.x, y=test.y)
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", str(tmp_path / "test.npz")]) == 0
+    printed = re.search(r"top-1 accuracy ([\d.]+)% on 500 images", capsys.readouterr().out)
+    assert printed is not None
+    # `dopant eval` of the float IR against torch: at most one near-tie may flip.
+    assert abs(float(printed[1]) / 100 - want) <= 1 / len(test)
 
 
 def test_dopant_npz_weights_load_like_a_state_dict(tmp_path: Path) -> None:
