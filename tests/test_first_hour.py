@@ -274,3 +274,24 @@ def test_a_model_imported_at_batch_4_compiles_and_runs_four_images_bit_exact(
     # The simulator (one program, the batch as a loop) against the integer reference at batch 4.
     assert main(["compare", str(binary), "--ir", str(quantized), "--images", "4"]) == 0
     assert "bit-exact on every layer" in capsys.readouterr().out
+
+
+def test_a_two_input_model_file_is_refused_naming_its_inputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "two.py").write_text(
+        "import torch\n"
+        "class Two(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(1, 2, 3)\n"
+        "    def forward(self, x, y, scale=1.0):\n"
+        "        return self.conv(x) + scale * self.conv(y)\n"
+        "def build():\n"
+        "    return Two()\n"
+    )
+    args = ["import", f"{tmp_path / 'two.py'}:build", "--input-shape", "1,1,8,8"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "takes 2 inputs (x, y), but dopant's CLI traces a model on one input" in err
+    assert "input shape" not in err.split("(--input-shape)")[0]  # not blamed on the shape

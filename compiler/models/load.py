@@ -9,6 +9,7 @@ it (as `python path/to/file.py` would); the path is restored afterwards.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -132,6 +133,26 @@ def _zoo_weights(name: str, model: torch.nn.Module) -> str:
     return f"zoo:{name} shipped Fashion-MNIST weights ({PRETRAINED[name]})"
 
 
+def _check_one_input(ref: str, model: torch.nn.Module) -> None:
+    """The CLI traces a model on one input tensor (`--input-shape`): refuse a forward that
+    needs more, naming them, before torch fails with a message about shapes."""
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):  # a forward without a signature: let tracing tell
+        return
+    needed = [
+        p.name
+        for p in parameters
+        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(needed) > 1:
+        raise InputError(
+            f"'{ref}' takes {len(needed)} inputs ({', '.join(needed)}), but dopant's CLI traces "
+            "a model on one input (--input-shape); wrap it in a module whose forward takes one "
+            "tensor, or import it from Python with import_model and a tuple of inputs."
+        )
+
+
 def load_model(
     ref: str, input_shape: tuple[int, ...] | None = None, weights: str | Path | None = None
 ) -> LoadedModel:
@@ -154,6 +175,7 @@ def load_model(
         model, shape = _file_factory(path, factory_name)(), input_shape
         if not isinstance(model, torch.nn.Module):
             raise InputError(f"'{ref}' returned a {type(model).__name__}, not a torch.nn.Module.")
+    _check_one_input(ref, model)
     if weights is not None:
         load_weights(model, weights)
         source = f"file {weights}"
