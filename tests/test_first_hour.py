@@ -295,3 +295,14 @@ def test_a_two_input_model_file_is_refused_naming_its_inputs(
     err = capsys.readouterr().err
     assert "takes 2 inputs (x, y), but dopant's CLI traces a model on one input" in err
     assert "input shape" not in err.split("(--input-shape)")[0]  # not blamed on the shape
+
+
+def test_run_refuses_an_output_in_a_missing_folder_before_simulating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dopant.runtime import loader
+
+    monkeypatch.setattr(loader, "load", _no_import)  # no binary is read, nothing simulated
+    args = ["run", str(tmp_path / "net.dpb"), "--input", "sample", "-o", "no/folder/out.npy"]
+    assert main(args) == 1
+    assert "the folder 'no/folder' does not exist" in capsys.readouterr().err

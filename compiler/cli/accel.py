@@ -125,12 +125,14 @@ def main_run(
     Chrome trace to `trace_path` if given."""
     from dopant.compiler.inputs import Preprocess
     from dopant.runtime.loader import load
-    from dopant.support.files import write_atomic
+    from dopant.support.files import check_writable, write_atomic
 
     if top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {top_k}.")
     if output is not None and not output.endswith((".npy", ".npz")):
         raise InputError(f"-o '{output}' must end in .npy (one output) or .npz (by name).")
+    if output is not None:
+        check_writable(output)  # before the simulation, not after it
     program = load(binary)
     spec = os.fspath(input_spec)
     inputs, data = _read_inputs(program, spec, preprocess or Preprocess(), limit)

@@ -22,6 +22,7 @@ from dopant.compiler.cli.options import (
     add_quantize_options,
     calibration_data,
     quantize_options,
+    shows_progress,
 )
 
 if TYPE_CHECKING:
@@ -43,7 +44,6 @@ def _checked_target(args: argparse.Namespace) -> AccelConfig:
 
     from dopant.compiler.driver import STAGES, check_widths, quantize_pass
     from dopant.compiler.pipeline import parse
-    from dopant.passes.set_bits import parse_entries
     from dopant.support.errors import InputError
 
     emit = getattr(args, "emit", None)
@@ -52,10 +52,9 @@ def _checked_target(args: argparse.Namespace) -> AccelConfig:
 
     options = quantize_options(args)
     quantize_pass(options)
-    parse_entries(args.override or ())
     if args.pipeline is not None:
         parse(args.pipeline)
-    check_widths(config, options)
+    check_widths(config, options)  # parses the --override entries too
     return config
 
 
@@ -91,7 +90,7 @@ def _compiled(args: argparse.Namespace) -> tuple[CompiledModel, ModuleOp]:
         calibration=data,
         method=args.method,
         pipeline=args.pipeline,
-        progress=not args.quiet,
+        progress=shows_progress(args),
         **quantize_options(args),
     )
     return compiled, module

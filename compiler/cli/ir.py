@@ -16,7 +16,7 @@ from dopant.compiler.cli.model_options import (
     check_model_arguments,
     imported_module,
 )
-from dopant.compiler.cli.options import Command, add_calibration_options, calibration_data
+from dopant.compiler.cli.options import Command, add_calibration_options, calibrate_module
 
 
 def _cmd_import(args: argparse.Namespace) -> None:
@@ -25,19 +25,7 @@ def _cmd_import(args: argparse.Namespace) -> None:
     check_model_arguments(args)
     module = imported_module(args)
     if args.calibration:
-        from dopant.compiler.calibrate import calibrate
-        from dopant.compiler.driver import CANONICAL_PIPELINE
-        from dopant.compiler.pipeline import run_pipeline
-
-        data = calibration_data(args.calibration, module, args)
-        run_pipeline(module, CANONICAL_PIPELINE)
-        calibrate(
-            module,
-            data,
-            args.method,
-            percentile=args.percentile,
-            progress=not getattr(args, "quiet", False),
-        )
+        calibrate_module(module, args)
     write_ir(module, args.output, args.generic)
 
 

@@ -43,17 +43,28 @@ def preprocess_of(args: argparse.Namespace) -> Preprocess:
     )
 
 
-def calibration_data(
-    spec: str, module: ModuleOp, args: argparse.Namespace | None = None
-) -> np.ndarray:
+def calibration_data(spec: str, module: ModuleOp, args: argparse.Namespace) -> np.ndarray:
     """The calibration samples `spec` names, checked against the model's input and
-    preprocessed by `args`' data options (none: uint8 / 255 only)."""
-    from dopant.compiler.inputs import Preprocess, load_samples, model_sample_shape
+    preprocessed by `args`' data options."""
+    from dopant.compiler.inputs import load_samples, model_sample_shape
 
     shape = model_sample_shape(module, "to calibrate")
-    preprocess = Preprocess() if args is None else preprocess_of(args)
-    show = args is not None and shows_progress(args)
-    return load_samples(spec, shape, split="calibration", preprocess=preprocess, show=show).x
+    return load_samples(
+        spec, shape, split="calibration", preprocess=preprocess_of(args), show=shows_progress(args)
+    ).x
+
+
+def calibrate_module(module: ModuleOp, args: argparse.Namespace) -> None:
+    """Fold and fuse float `module` (the canonical pipeline) and record the activation ranges
+    of `args.calibration` in it, as `args`' calibration options say (`calibrate`, `import
+    --calibration`)."""
+    from dopant.compiler.calibrate import calibrate
+    from dopant.compiler.driver import CANONICAL_PIPELINE
+    from dopant.compiler.pipeline import run_pipeline
+
+    data = calibration_data(args.calibration, module, args)
+    run_pipeline(module, CANONICAL_PIPELINE)
+    calibrate(module, data, args.method, percentile=args.percentile, progress=shows_progress(args))
 
 
 def quantize_options(args: argparse.Namespace) -> dict[str, Any]:

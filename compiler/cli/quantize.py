@@ -15,6 +15,7 @@ from dopant.compiler.cli.options import (
     add_calibration_options,
     add_data_options,
     add_quantize_options,
+    calibrate_module,
     calibration_data,
     preprocess_of,
     quantize_options,
@@ -27,15 +28,10 @@ if TYPE_CHECKING:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> None:
-    from dopant.compiler.calibrate import calibrate
-    from dopant.compiler.driver import CANONICAL_PIPELINE
     from dopant.compiler.irio import read_ir, write_ir
-    from dopant.compiler.pipeline import run_pipeline
 
     module = read_ir(args.input)
-    data = calibration_data(args.calibration, module, args)
-    run_pipeline(module, CANONICAL_PIPELINE)
-    calibrate(module, data, args.method, percentile=args.percentile, progress=shows_progress(args))
+    calibrate_module(module, args)
     write_ir(module, args.output)
 
 
