@@ -26,11 +26,14 @@ def check_bits(name: str, bits: int) -> None:
         raise DopantError(f"{name}={bits} is not supported; use 2, 4 or 8 bits.")
 
 
-def parse_entries(entries: Iterable[str]) -> list[tuple[str, str, int, int]]:
+ParsedEntries = list[tuple[str, str, int, int]]  # (entry, path, weight bits, act bits)
+
+
+def parse_entries(entries: Iterable[str]) -> ParsedEntries:
     """(entry, path, weight bits, act bits; 0 = left out) of each `path=wXaY` entry in
     `entries` (one string may hold several, separated by commas); DopantError naming the first
     malformed entry or unsupported width. Needs no IR, so the CLI checks options up front."""
-    parsed = []
+    parsed: ParsedEntries = []
     for entry in (part.strip() for text in entries for part in text.split(",")):
         if not entry:
             continue
@@ -52,11 +55,8 @@ def _layers(root: Operation) -> dict[str, Conv2DOp | LinearOp]:
     return {op.path.data: op for op in root.walk() if isinstance(op, LAYERS)}
 
 
-def check_layer_paths(root: Operation, entries: Iterable[str]) -> None:
-    """DopantError if an entry names no conv or linear layer below `root` (before any work that
-    the wrong path would waste)."""
-    layers = _layers(root)
-    for entry, path, _, _ in parse_entries(entries):
+def _check_paths(layers: dict[str, Conv2DOp | LinearOp], parsed: ParsedEntries) -> None:
+    for entry, path, _, _ in parsed:
         if path not in layers:
             raise DopantError(
                 f"override '{entry}' names no conv or linear layer; the layers are: "
@@ -64,14 +64,20 @@ def check_layer_paths(root: Operation, entries: Iterable[str]) -> None:
             )
 
 
+def check_layer_paths(root: Operation, entries: Iterable[str]) -> None:
+    """DopantError if an entry names no conv or linear layer below `root` (before any work that
+    the wrong path would waste)."""
+    _check_paths(_layers(root), parse_entries(entries))
+
+
 def set_layer_bits(root: Operation, entries: Iterable[str]) -> None:
     """Write `bits = #qnn.bits<...>` on the float conv2d/linear layers below `root` that
     `entries` name: `conv1=w8a8`, `fc=w8`, `layer1.0.conv1=a4` (one string may also hold several,
     separated by commas). A width an entry leaves out keeps the one the layer carries already,
     if any; a later entry wins over an earlier one."""
-    check_layer_paths(root, entries)
-    layers = _layers(root)
-    for _, path, w, a in parse_entries(entries):
+    layers, parsed = _layers(root), parse_entries(entries)
+    _check_paths(layers, parsed)
+    for _, path, w, a in parsed:
         op = layers[path]
         if not is_float(op.input):
             raise DopantError(
