@@ -1,0 +1,1 @@
+"""Private helpers of `prune-channels`: coupling groups, pruning plans and the slicing itself."""
