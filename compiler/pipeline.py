@@ -30,6 +30,7 @@ _PASSES = {
     "fold-batchnorm": "dopant.passes.fold_batchnorm:FoldBatchNormPass",
     "fuse-activation": "dopant.passes.fuse_activation:FuseActivationPass",
     "set-bits": "dopant.passes.set_bits:SetBitsPass",
+    "prune-channels": "dopant.passes.prune_channels:PruneChannelsPass",
     "quantize": "dopant.passes.quantize:QuantizePass",
     "set-batch": "dopant.passes.set_batch:SetBatchPass",
     "tile": "dopant.passes.tile:TilePass",

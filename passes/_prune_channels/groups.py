@@ -12,12 +12,21 @@ The analysis runs on float or quantized `qnn` IR (before or after `fold-batchnor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.ir import SSAValue
+
+from dopant.dialects.qnn import BatchNormOp, Conv2DOp, LinearOp
+from dopant.passes._prune_channels.costs import LayerShape, MemberKey, layer_shapes, totals
+from dopant.passes._prune_channels.graph import ChannelGraph, channel_graph
 
 Dim = Literal["out", "in", "channel"]
+DIMS: tuple[Dim, ...] = ("out", "in", "channel")
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,7 +48,7 @@ class Member:
 
     @property
     def offset(self) -> int:
-        """The first index of this member that the group covers (concat puts groups side by side)."""
+        """The first index of this member in the group (concat puts groups side by side)."""
         return int(self.channels.min())
 
     @property
@@ -72,3 +81,148 @@ class Group:
 
     def member(self, path: str, dim: Dim) -> Member | None:
         return next((m for m in self.members if m.path == path and m.dim == dim), None)
+
+    def widths(self, kept: int) -> dict[MemberKey, int]:
+        """How many indices each member dimension of this group has when it keeps `kept`."""
+        return {(m.path, m.dim): kept * m.per_channel for m in self.members}
+
+
+@dataclass(frozen=True)
+class _Site:
+    """A member dimension before grouping: a layer's dimension and the activation it indexes."""
+
+    path: str
+    op: str
+    dim: Dim
+    value: SSAValue
+    producer: bool
+
+
+def _sites(g: ChannelGraph) -> list[_Site]:
+    sites = []
+    for op in g.fn.body.block.ops:
+        if isinstance(op, Conv2DOp | LinearOp):
+            kind = "conv2d" if isinstance(op, Conv2DOp) else "linear"
+            sites.append(_Site(op.path.data, kind, "in", op.input, False))
+            sites.append(_Site(op.path.data, kind, "out", op.output, True))
+        elif isinstance(op, BatchNormOp):
+            sites.append(_Site(op.path.data, "batch_norm", "channel", op.output, False))
+    return sites
+
+
+def _key(site: _Site) -> MemberKey:
+    return (site.path, site.dim)
+
+
+def _rows(units: np.ndarray, order: list[int]) -> np.ndarray:
+    """channels[i] = the indices whose unit is order[i] (each unit covers as many indices)."""
+    rows = [np.flatnonzero(units == u) for u in order]
+    if len({len(r) for r in rows}) != 1:
+        raise AssertionError("a coupling group covers member indices unevenly")
+    return np.stack(rows).astype(np.int64)
+
+
+def _gate(site: _Site, members: Mapping[MemberKey, Member]) -> Member:
+    """The batch norm right after a producing layer, or the layer itself."""
+    uses = list(site.value.uses)
+    if len(uses) == 1 and isinstance(uses[0].operation, BatchNormOp):
+        norm = uses[0].operation
+        return members.get((norm.path.data, "channel"), members[(site.path, site.dim)])
+    return members[(site.path, site.dim)]
+
+
+@dataclass(frozen=True)
+class Coupling:
+    """The channel graph of a network, its units and its groups.
+
+    `units[gid][i]` is the unit (see graph.py) that is channel i of group `gid`.
+    """
+
+    graph: ChannelGraph
+    unit: np.ndarray
+    groups: list[Group]
+    units: dict[str, list[int]]
+
+    def kept_channels(self, value: SSAValue, removed_units: set[int]) -> np.ndarray:
+        """The channel indices of `value` that stay when `removed_units` go."""
+        units = self.unit[self.graph.channels(value)]
+        return np.flatnonzero(~np.isin(units, list(removed_units)))
+
+
+def coupling_groups(module: ModuleOp) -> list[Group]:
+    """The coupling groups of `module`'s `@forward`, in program order of their first member."""
+    return analyze(module).groups
+
+
+def analyze(module: ModuleOp) -> Coupling:
+    """The channel graph of `module`'s `@forward` and the groups its units form."""
+    g = channel_graph(module)
+    unit = g.units()
+    sites = _sites(g)
+    site_units = [unit[g.channels(s.value)] for s in sites]
+    signature: dict[int, list[int]] = defaultdict(list)
+    for i, units in enumerate(site_units):
+        for u in np.unique(units).tolist():
+            signature[u].append(i)
+    by_signature: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for u in sorted(signature):
+        by_signature[tuple(signature[u])].append(u)
+    pinned = {int(unit[node]): reason for node, reason in g.pinned.items()}
+    layers = layer_shapes(g.fn)
+    full = totals(layers, {})
+    groups: list[Group] = []
+    group_units: dict[str, list[int]] = {}
+    taken: set[str] = set()
+    for site_ids, order in by_signature.items():
+        members = {
+            _key(sites[i]): Member(
+                sites[i].path, sites[i].op, sites[i].dim, _rows(site_units[i], order)
+            )
+            for i in site_ids
+        }
+        producers = [sites[i] for i in site_ids if sites[i].producer]
+        reasons = [pinned[u] for u in order if u in pinned]
+        group_id = _unique(_name(producers, reasons), taken)
+        draft = Group(
+            group_id,
+            len(order),
+            tuple(members.values()),
+            tuple(_gate(s, members) for s in producers),
+            not reasons and bool(producers),
+            reasons[0] if reasons else "" if producers else "no layer produces these channels",
+            0,
+            0,
+        )
+        macs, params = totals(layers, _narrowed(draft, layers))
+        groups.append(
+            replace(draft, macs_per_channel=full[0] - macs, params_per_channel=full[1] - params)
+        )
+        group_units[group_id] = order
+    return Coupling(g, unit, groups, group_units)
+
+
+def _name(producers: list[_Site], reasons: list[str]) -> str:
+    if producers:
+        return producers[0].path
+    return "input" if any("input" in r for r in reasons) else "group"
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}#{n}"
+    taken.add(candidate)
+    return candidate
+
+
+def _narrowed(group: Group, layers: list[LayerShape]) -> dict[MemberKey, int]:
+    """The widths of the layers this group touches when it loses one channel."""
+    full = {key: width for layer in layers for key, width in _full_widths(layer)}
+    return {key: full[key] - m.per_channel for m in group.members for key in [(m.path, m.dim)]}
+
+
+def _full_widths(layer: LayerShape) -> list[tuple[MemberKey, int]]:
+    if layer.op == "batch_norm":
+        return [((layer.path, "channel"), layer.out_channels)]
+    return [((layer.path, "in"), layer.in_channels), ((layer.path, "out"), layer.out_channels)]
