@@ -47,7 +47,8 @@ class PruneChannelsPass(ModulePass):
     """Remove the channels a pruning plan drops from every layer they touch.
 
     The plan comes from `plan` (a JSON file written by `dopant prune --plan-out` or
-    `PruningPlan.save`) or, without it, from the module attribute `qnn.pruning_plan`
+    `PruningPlan.save`, quoted in pipeline text: `prune-channels{plan="plan.json"}`) or,
+    without it, from the module attribute `qnn.pruning_plan`
     (`{group-id = array<i64: kept indices>}`), which the pass then removes.
     Expects: float or quantized `qnn` IR with constant weights (before `tile`).
     Guarantees: each coupling group keeps exactly the planned channels in every member (conv
@@ -69,7 +70,7 @@ class PruneChannelsPass(ModulePass):
         attr = op.attributes.get(PLAN_ATTR)
         if not isinstance(attr, DictionaryAttr):
             raise DopantError(
-                "prune-channels needs a plan: give prune-channels{plan=FILE.json} or set the "
+                'prune-channels needs a plan: give prune-channels{plan="FILE.json"} or set the '
                 f"module attribute {PLAN_ATTR} = {{group = array<i64: kept channels>}}."
             )
         plan = PruningPlan.from_attr(attr, analyze(op).groups)
