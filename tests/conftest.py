@@ -14,12 +14,17 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import settings
 from threadpoolctl import threadpool_limits
+from xdsl.dialects.builtin import ModuleOp
+
+from dopant.compiler.frontend import import_model
+from dopant.compiler.models import zoo
 
 settings.register_profile("dopant", deadline=None)
 settings.load_profile("dopant")
@@ -71,3 +76,21 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("targets") / "tiny.toml"
     path.write_text(TINY)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def zoo_ir() -> Callable[..., ModuleOp]:
+    """`zoo_ir(name, input_shape=None)`: a fresh copy of zoo model `name`'s float IR (its
+    seeded untrained weights, at its default input shape unless given), each model and shape
+    imported once a session (torch.export takes seconds)."""
+    imported: dict[tuple[str, tuple[int, ...] | None], ModuleOp] = {}
+
+    def get(name: str, input_shape: tuple[int, ...] | None = None) -> ModuleOp:
+        key = (name, input_shape)
+        if key not in imported:
+            entry = zoo.get(name)
+            shape = entry.input_shape if input_shape is None else input_shape
+            imported[key] = import_model(entry.build(input_shape=shape), torch.zeros(shape))
+        return imported[key].clone()
+
+    return get
