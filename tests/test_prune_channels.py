@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,11 +21,11 @@ from dopant.compiler.frontend import import_model
 from dopant.compiler.irio import ir_text, parse_ir
 from dopant.compiler.pipeline import run_pipeline
 from dopant.dialects.qnn import ConstantOp
-from dopant.passes._prune_channels.groups import coupling_groups
+from dopant.passes._prune_channels.groups import Group, coupling_groups
 from dopant.passes._prune_channels.plan import PLAN_ATTR, PruningPlan
 from dopant.passes.prune_channels import PRUNED_ATTR, prune
 from dopant.runtime import reference
-from dopant.support.errors import PipelineError
+from dopant.support.errors import InputError, PipelineError
 
 ZooIR = Callable[..., ModuleOp]
 
@@ -186,7 +187,7 @@ def test_plans_round_trip_through_ir_text(zoo_ir: ZooIR) -> None:
     assert _same_plans(plan, again)
 
 
-@pytest.mark.parametrize(("name", "shape"), [("resnet8", None), ("mobilenetv2", (1, 3, 16, 16))])
+@pytest.mark.parametrize(("name", "shape"), [("resnet8", None), ("mobilenetv2", (1, 3, 8, 8))])
 def test_a_pruned_quantized_network_is_bit_exact_on_every_preset(
     name: str, shape: tuple[int, ...] | None, zoo_ir: ZooIR
 ) -> None:
@@ -207,3 +208,114 @@ def test_a_pruned_quantized_network_is_bit_exact_on_every_preset(
         for preset in ("small8", "edge16", "large32"):
             compiled = compile_module(quantized, target=preset)
             assert np.array_equal(compiled.run(images[:1]).outputs[0], want), preset
+
+
+def _branchy_ir() -> tuple[ModuleOp, list[Group]]:
+    net, x = _branchy()
+    module = import_model(net, x)
+    return module, coupling_groups(module)
+
+
+def _plan_json(groups: list[Group]) -> dict[str, Any]:
+    return json.loads(PruningPlan.make(groups, {"c": [0, 2]}).to_json())
+
+
+def _run_with(module: ModuleOp, plan: object, tmp_path: Path) -> None:
+    path = tmp_path / "plan.json"
+    path.write_text(plan if isinstance(plan, str) else json.dumps(plan, indent=1))
+    run_pipeline(module, f'prune-channels{{plan="{path}"}}')
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda p: p["groups"].update({"layer9": p["groups"].pop("c")}),
+            r"names group 'layer9', which this network does not have \(its prunable groups: "
+            r"a, g, b, c, fc\); was the plan made for another network\?",
+        ),
+        (
+            lambda p: p["groups"]["c"]["members"][1].update(path="head"),
+            r"group 'c' does not list 'fc' \(in\), a member of this network's group",
+        ),
+        (
+            lambda p: p["groups"]["c"]["members"][1].update(per_channel=8),
+            r"group 'c' maps the channels of 'fc' \(in\) differently from this network",
+        ),
+        (
+            lambda p: p["groups"]["c"].update(keep=[0, 5]),
+            r"group 'c' keeps channel 5, but the group has 5 channels \(0..4\)",
+        ),
+        (
+            lambda p: p["groups"]["c"].update(keep=[1, 1]),
+            r"group 'c' keeps channel 1 twice",
+        ),
+        (
+            lambda p: p["groups"]["c"].update(keep=[]),
+            r"group 'c' keeps no channel; every group must keep at least one",
+        ),
+        (
+            lambda p: p.update(format="onnx"),
+            r'is not a pruning plan: expected a JSON object with "format": "dopant-pruning-plan"',
+        ),
+        (
+            lambda p: p.update(version=2),
+            r"is a version 2 plan; this dopant reads version 1",
+        ),
+    ],
+)
+def test_a_plan_that_does_not_fit_names_the_fault(
+    edit: Callable[[dict[str, Any]], None], message: str, tmp_path: Path
+) -> None:
+    module, groups = _branchy_ir()
+    plan = _plan_json(groups)
+    edit(plan)
+    with pytest.raises(PipelineError, match=message):
+        _run_with(module, plan, tmp_path)
+
+
+def test_touching_a_group_that_cannot_be_pruned_is_an_error(tmp_path: Path) -> None:
+    module, groups = _branchy_ir()
+    message = (
+        r"group 'out' removes channels, but the group cannot be pruned \(the network's outputs "
+        r"\(logits\)\); leave it out of the plan"
+    )
+    with pytest.raises(InputError, match=message):
+        PruningPlan.make(groups, {"out": [0]})
+    plan = _plan_json(groups)
+    plan["groups"]["out"] = {**plan["groups"]["c"], "size": 2, "keep": [1]}
+    plan["groups"]["out"]["members"] = [
+        {
+            "path": "out",
+            "op": "linear",
+            "dim": "out",
+            "offset": 0,
+            "per_channel": 1,
+            "stride": 1,
+            "spacing": 1,
+        }
+    ]
+    with pytest.raises(PipelineError, match=message):
+        _run_with(module, plan, tmp_path)
+    # Keeping every channel of it is no pruning, and allowed.
+    plan["groups"]["out"]["keep"] = [0, 1]
+    _run_with(module, plan, tmp_path)
+
+
+def test_malformed_json_names_the_file_line_and_column(tmp_path: Path) -> None:
+    module, _ = _branchy_ir()
+    text = '{\n "format": "dopant-pruning-plan",\n "version": 1,,\n}\n'
+    # Line 3 is ` "version": 1,,`: space, 9 characters of "version", colon, space, 1, comma;
+    # the second comma, where a name must come, is column 1 + 9 + 4 + 1 = 15.
+    with pytest.raises(PipelineError, match=r"plan.json:3:15: not valid JSON \("):
+        _run_with(module, text, tmp_path)
+
+
+def test_the_pass_without_a_plan_says_how_to_give_one() -> None:
+    module, _ = _branchy_ir()
+    with pytest.raises(
+        PipelineError,
+        match=r'needs a plan: give prune-channels\{plan="FILE.json"\} or set the module '
+        r"attribute qnn.pruning_plan = \{group = array<i64: kept channels>\}",
+    ):
+        run_pipeline(module, "prune-channels")
