@@ -115,11 +115,15 @@ def _key(site: _Site) -> MemberKey:
 
 
 def _rows(units: np.ndarray, order: list[int]) -> np.ndarray:
-    """channels[i] = the indices whose unit is order[i] (each unit covers as many indices)."""
-    rows = [np.flatnonzero(units == u) for u in order]
-    if len({len(r) for r in rows}) != 1:
+    """channels[i] = the indices whose unit is order[i] (each unit covers as many indices);
+    `order` is sorted."""
+    ranked = np.asarray(order)
+    indices = np.flatnonzero(np.isin(units, ranked))
+    rank = np.searchsorted(ranked, units[indices])
+    counts = np.bincount(rank, minlength=len(ranked))
+    if counts.min() != counts.max():
         raise AssertionError("a coupling group covers member indices unevenly")
-    return np.stack(rows).astype(np.int64)
+    return indices[np.argsort(rank, kind="stable")].reshape(len(ranked), -1).astype(np.int64)
 
 
 def _gate(site: _Site, members: Mapping[MemberKey, Member]) -> Member:
