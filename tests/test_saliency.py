@@ -393,3 +393,14 @@ def test_bad_input_is_refused_with_what_to_do() -> None:
     lost = Member("layer9.conv", "conv2d", "in", rows(3))
     with pytest.raises(InputError, match=r"'layer9\.conv'"):
         group_saliency(model, [group("x", 3, [lost], [lost])], data(), "magnitude")
+
+
+@pytest.mark.parametrize("method", ["sosp-h", "sosp-i"])
+def test_a_float32_model_scores_as_in_float64_to_float32_precision(method: str) -> None:
+    model, groups = tiny(True)
+    batches = data()
+    want = group_saliency(model, groups, batches, method)
+    got = group_saliency(model.float(), groups, batches, method)  # float64 inputs are cast
+    for key, value in want.items():
+        assert got[key].dtype == np.float64
+        np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-6)
