@@ -13,7 +13,7 @@ from torch.autograd.functional import hessian, jacobian
 from torch.func import functional_call
 
 from dopant.codesign._saliency.gates import GatedNetwork, fisher_sum
-from dopant.codesign.saliency import group_saliency
+from dopant.codesign.scores import group_saliency
 from dopant.passes._prune_channels.groups import Group, Member
 from dopant.support.errors import InputError
 
