@@ -28,9 +28,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from xdsl.dialects.builtin import ModuleOp
 
-from dopant.passes._prune_channels.costs import LayerShape, MemberKey
-from dopant.passes._prune_channels.groups import Group
+from dopant.dialects.qnn.base import forward
+from dopant.passes._prune_channels.costs import LayerShape, MemberKey, layer_shapes
+from dopant.passes._prune_channels.groups import Group, coupling_groups
+from dopant.passes._prune_channels.plan import PruningPlan
 from dopant.support.errors import InputError
 
 Metric = Literal["macs", "params"]
@@ -169,6 +172,17 @@ def select_channels(
         kept[group.id] = count
         _push_next(heap, position, group, counts[group.id], count, orders[group.id][1])
     return {g.id: sorted(orders[g.id][0][g.size - kept[g.id] :].tolist()) for g in prunable}
+
+
+def plan_for(
+    module: ModuleOp, scores: Mapping[str, np.ndarray], target: Target | str, *, round_to: int = 1
+) -> PruningPlan:
+    """The pruning plan that meets `target` on the network `module` holds (float or quantized
+    `qnn` IR), removing the channels `scores` rank lowest (`select_channels`)."""
+    groups = coupling_groups(module)
+    layers = layer_shapes(forward(module, "to prune"))
+    keep = select_channels(groups, scores, target, round_to=round_to, layers=layers)
+    return PruningPlan.make(groups, keep)
 
 
 def _push_next(
