@@ -1,1 +1,38 @@
-"""dopant.codesign."""
+"""dopant.codesign: compression driven by the modeled hardware (DESIGN.md, Co-design).
+
+Structured pruning from Python:
+
+    from dopant.codesign import prune, prune_module, saliency, model_groups, PruningPlan
+
+`prune(model, example_inputs, batches, method="sosp-h", target="macs=0.5")` prunes a torch
+model globally to a target; `model_groups` lists its coupling groups, `saliency` scores their
+channels, `prune_module(model, plan)` applies a plan to a torch model in place. The names are
+imported on first use, so `import dopant.codesign` stays cheap (no torch, no xDSL).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> the module that defines it
+_EXPORTS = {
+    "prune": "dopant.codesign.pruning",
+    "PruneResult": "dopant.codesign.pruning",
+    "prune_module": "dopant.codesign.prune_module",
+    "saliency": "dopant.codesign.groups",
+    "model_groups": "dopant.codesign.groups",
+    "Target": "dopant.codesign.select",
+    "select_channels": "dopant.codesign.select",
+    "PruningPlan": "dopant.passes._prune_channels.plan",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # a submodule of the same name must not shadow it later
+        return value
+    raise AttributeError(f"module 'dopant.codesign' has no attribute '{name}'")

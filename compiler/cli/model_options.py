@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from xdsl.dialects.builtin import ModuleOp
 
+    from dopant.compiler.models.load import LoadedModel
+
 
 def add_model_arguments(p: argparse.ArgumentParser, what: str) -> None:
     """The model reference, its input shape and its weights file."""
@@ -46,15 +48,23 @@ def check_model_arguments(args: argparse.Namespace) -> None:
         raise InputError(f"weights file '{args.weights}' (--weights) does not exist.")
 
 
-def imported_module(args: argparse.Namespace) -> ModuleOp:
-    """The model `args.model` names with its weights, imported to float `qnn` IR."""
+def loaded_model(args: argparse.Namespace) -> LoadedModel:
+    """The torch model `args.model` names, with its weights and example input."""
+    from dopant.compiler.models.load import load_model, parse_shape
+
+    shape = parse_shape(args.input_shape) if args.input_shape else None
+    return load_model(args.model, shape, args.weights)
+
+
+def imported_module(args: argparse.Namespace, loaded: LoadedModel | None = None) -> ModuleOp:
+    """The model `args.model` names with its weights (`loaded`, if the caller has it already),
+    imported to float `qnn` IR."""
     from xdsl.dialects.builtin import StringAttr
 
     from dopant.compiler.frontend import import_model
-    from dopant.compiler.models.load import WEIGHTS_ATTR, load_model, parse_shape
+    from dopant.compiler.models.load import WEIGHTS_ATTR
 
-    shape = parse_shape(args.input_shape) if args.input_shape else None
-    loaded = load_model(args.model, shape, args.weights)
+    loaded = loaded or loaded_model(args)
     module = import_model(loaded.model, loaded.example_input)
     module.attributes[WEIGHTS_ATTR] = StringAttr(loaded.weights)
     return module

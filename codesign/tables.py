@@ -1,0 +1,99 @@
+"""The text tables `dopant groups` and `dopant prune` print.
+
+`groups_table` lists coupling groups (id, size, prunable or why not, members, what one channel
+costs); `layers_table` compares a network's layers before and after pruning (channels in and
+out, MACs, parameters) with the totals and the fractions removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dopant.passes._prune_channels.costs import LayerShape, totals
+from dopant.passes._prune_channels.groups import Group, Member
+
+MEMBERS_SHOWN = 4  # members listed per group before "+N more"
+
+
+def _member(m: Member) -> str:
+    return f"{m.path} {m.dim}@{m.offset}"
+
+
+def members_text(group: Group, shown: int = MEMBERS_SHOWN) -> str:
+    """'conv1 out@0, conv2 in@0, ... (+3 more)': the first `shown` members of `group`."""
+    listed = ", ".join(_member(m) for m in group.members[:shown])
+    rest = len(group.members) - shown
+    return f"{listed}, ... (+{rest} more)" if rest > 0 else listed
+
+
+def groups_table(groups: Sequence[Group]) -> str:
+    """One line per group and a summary line of the prunable channels."""
+    rows = [("group", "size", "prunable", "MACs/ch", "params/ch", "members")]
+    for g in groups:
+        prunable = "yes" if g.prunable else f"no: {g.reason}"
+        rows.append(
+            (
+                g.id,
+                str(g.size),
+                prunable,
+                f"{g.macs_per_channel:,}",
+                f"{g.params_per_channel:,}",
+                members_text(g),
+            )
+        )
+    open_groups = [g for g in groups if g.prunable]
+    channels = sum(g.size for g in open_groups)
+    return (
+        _aligned(rows, right=(1, 3, 4))
+        + f"\n{len(groups)} groups, {len(open_groups)} prunable with {channels} channels in all"
+    )
+
+
+def layers_table(before: Sequence[LayerShape], after: Sequence[LayerShape]) -> str:
+    """Each layer's channels in and out, MACs and parameters before -> after, then totals."""
+    rows = [
+        ("layer", "op", "in", "out", "MACs before", "MACs after", "params before", "params after")
+    ]
+    for old, new in zip(before, after, strict=True):
+        (old_macs, old_params), (new_macs, new_params) = old.counts({}), new.counts({})
+        rows.append(
+            (
+                old.path,
+                old.op,
+                _change(old.in_channels, new.in_channels),
+                _change(old.out_channels, new.out_channels),
+                f"{old_macs:,}",
+                f"{new_macs:,}",
+                f"{old_params:,}",
+                f"{new_params:,}",
+            )
+        )
+    (macs0, params0), (macs1, params1) = totals(list(before), {}), totals(list(after), {})
+    rows.append(("total", "", "", "", f"{macs0:,}", f"{macs1:,}", f"{params0:,}", f"{params1:,}"))
+    return (
+        _aligned(rows, right=(2, 3, 4, 5, 6, 7))
+        + f"\nMACs {macs0:,} -> {macs1:,} ({_fraction(macs0, macs1)} removed), parameters "
+        + f"{params0:,} -> {params1:,} ({_fraction(params0, params1)} removed)"
+    )
+
+
+def _change(old: int, new: int) -> str:
+    return str(old) if old == new else f"{old}->{new}"
+
+
+def _fraction(before: int, after: int) -> str:
+    return f"{1 - after / before:.1%}" if before else "0.0%"
+
+
+def _aligned(rows: Sequence[tuple[str, ...]], right: tuple[int, ...]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("-" * len(lines[0]))
+    return "\n".join(lines)
