@@ -19,9 +19,10 @@ from typing import Any
 _EXPORTS = {
     "prune": "dopant.codesign.pruning",
     "PruneResult": "dopant.codesign.pruning",
-    "prune_module": "dopant.codesign.prune_module",
+    "prune_module": "dopant.codesign.mirror",
     "saliency": "dopant.codesign.groups",
     "model_groups": "dopant.codesign.groups",
+    "group_saliency": "dopant.codesign.scores",
     "Target": "dopant.codesign.select",
     "select_channels": "dopant.codesign.select",
     "PruningPlan": "dopant.passes._prune_channels.plan",

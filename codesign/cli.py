@@ -137,7 +137,7 @@ def _batches(
 
 def _saliency_plan(args: argparse.Namespace, target: Target) -> tuple[ModuleOp, PruningPlan]:
     """The imported model and the plan that meets `target` by `args.method`'s saliency."""
-    from dopant.codesign.saliency import group_saliency
+    from dopant.codesign.scores import group_saliency
     from dopant.codesign.select import plan_for
     from dopant.passes._prune_channels.groups import coupling_groups
 

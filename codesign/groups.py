@@ -3,7 +3,7 @@
 `model_groups(model, example_inputs)` imports the model (`compiler.frontend.import_model`, batch
 norms kept) and returns its coupling groups (`passes._prune_channels.groups`): the channels that
 must be removed together, with their ids, members and costs. `saliency(...)` scores every
-channel of every prunable group on real data (`codesign.saliency.group_saliency`).
+channel of every prunable group on real data (`codesign.scores.group_saliency`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dopant.codesign.saliency import group_saliency
+from dopant.codesign.scores import group_saliency
 from dopant.compiler.frontend import import_model
 from dopant.passes._prune_channels.groups import Group, coupling_groups
 
@@ -40,7 +40,7 @@ def saliency(
 
     `batches` yields (inputs, labels); `loss(logits, labels)` is the batch-mean loss
     (cross-entropy by default); `method` is magnitude, taylor, sosp-h or sosp-i and `hessian`
-    exact or gauss-newton (for sosp-h): see `codesign.saliency.group_saliency`, which this
+    exact or gauss-newton (for sosp-h): see `codesign.scores.group_saliency`, which this
     calls with the groups of `model_groups`. Scores are comparable across groups, for one
     global ranking (`codesign.select`).
     """

@@ -6,7 +6,7 @@
     result.plan    # the kept channels per coupling group (`result.plan.save("plan.json")`)
 
 The stages: import the model (`compiler.frontend.import_model`, batch norms kept), find its
-coupling groups, score every prunable channel on `batches` (`codesign.saliency`), select the
+coupling groups, score every prunable channel on `batches` (`codesign.scores`), select the
 lowest-scored channels globally until the target is met (`codesign.select`), then apply the one
 plan to the IR (the `prune-channels` pass) and to a deep copy of the model (`prune_module`).
 """
@@ -21,8 +21,8 @@ import numpy as np
 from torch import Tensor, nn
 from xdsl.dialects.builtin import ModuleOp
 
-from dopant.codesign.prune_module import prune_module
-from dopant.codesign.saliency import group_saliency
+from dopant.codesign.mirror import prune_module
+from dopant.codesign.scores import group_saliency
 from dopant.codesign.select import Target, plan_for
 from dopant.compiler.frontend import import_model
 from dopant.dialects.qnn.base import forward
@@ -85,7 +85,7 @@ def prune(
     removed; "params=0.3") is met; `model` itself is not changed (module doc for the stages).
 
     `batches` yields (inputs, labels) for the saliency (`method`: magnitude, taylor, sosp-h,
-    sosp-i; `loss` and `hessian` as `codesign.saliency.group_saliency` takes them); `round_to`
+    sosp-i; `loss` and `hessian` as `codesign.scores.group_saliency` takes them); `round_to`
     keeps channel counts at multiples of it where a group allows (`codesign.select`).
     InputError for a bad target or `round_to` (before any work), a target that would empty a
     group (naming the largest reachable fraction), and what the saliency rejects.

@@ -12,7 +12,7 @@ from torch import nn
 
 from dopant.codesign.groups import model_groups, saliency
 from dopant.codesign.pruning import prune
-from dopant.codesign.saliency import group_saliency
+from dopant.codesign.scores import group_saliency
 from dopant.compiler.frontend import import_model
 from dopant.passes._prune_channels.groups import coupling_groups
 from dopant.runtime.reference import run
