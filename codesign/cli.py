@@ -1,4 +1,4 @@
-"""The structured-pruning commands: `dopant groups` and `dopant prune`.
+"""The structured-pruning commands, `dopant groups` and `dopant prune`, and the main job.
 
     dopant groups zoo:resnet8
     dopant prune zoo:resnet8 --method sosp-h --target macs=0.5 --calibration sample \\
@@ -181,8 +181,18 @@ def _cmd_prune(args: argparse.Namespace) -> None:
     print(layers_table(before, after), file=sys.stdout if to_stdout else sys.stderr)
 
 
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from dopant.codesign.demo import demo
+
+    demo(args.model)
+
+
 def register(command: Command) -> None:
-    """Add the pruning commands to the CLI."""
+    """Add the pruning commands and the main job (`dopant demo`) to the CLI."""
+    p = command("demo", _cmd_demo, "the main job on an embedded default model")
+    p.add_argument(
+        "--model", default="zoo:resnet8", help="trained model: zoo:resnet8 or zoo:lenet5"
+    )
     p = command("groups", _cmd_groups, "list a network's coupling groups of prunable channels")
     add_model_arguments(p, MODEL_HELP)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from dopant.codesign.demo import demo
 from dopant.compiler.cli import main
-from dopant.compiler.models.demo import demo
 
 
 def test_demo_reports_float_and_quantized_accuracy(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,4 +1,4 @@
-"""The model commands: `dopant zoo`, `train` and `demo` (the main job)."""
+"""The model commands: `dopant zoo` and `train` (the main job, `demo`, is in codesign)."""
 
 from __future__ import annotations
 
@@ -26,12 +26,6 @@ def _cmd_train(args: argparse.Namespace) -> None:
     main_train(args.model, args.epochs, args.output)
 
 
-def _cmd_demo(args: argparse.Namespace) -> None:
-    from dopant.compiler.models.demo import demo
-
-    demo(args.model)
-
-
 def register(command: Command) -> None:
     """Add the model commands to the CLI."""
     command("zoo", _cmd_zoo, "list the built-in models")
@@ -39,7 +33,4 @@ def register(command: Command) -> None:
     p.add_argument("model", help="zoo:NAME")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("-o", "--output", required=True, help="weights .npz, which --weights reads")
-    p = command("demo", _cmd_demo, "the main job on an embedded default model")
-    p.add_argument(
-        "--model", default="zoo:resnet8", help="trained model: zoo:resnet8 or zoo:lenet5"
-    )
+

@@ -1,12 +1,15 @@
 """The main job on an embedded default: a ResNet-8 trained on Fashion-MNIST (shipped weights and
 a shipped 1000-image test sample), imported, canonicalized, run on the reference interpreter
-against torch, then calibrated, quantized to integers and evaluated again; finally the W8A8
-network is compiled for the edge16 accelerator, the test sample runs on the simulator (checked
-bit for bit against the integer reference) and the latency profile is printed."""
+against torch, then calibrated, quantized to integers and evaluated again; the W8A8 network is
+compiled for the edge16 accelerator, the test sample runs on the simulator (checked bit for bit
+against the integer reference) and the latency profile is printed. Finally the network is
+pruned to half its MACs by SOSP-H saliency, fine-tuned briefly on the shipped training images,
+compiled and simulated the same way, and compared with the dense one."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,16 +17,22 @@ import torch
 from threadpoolctl import threadpool_limits
 from xdsl.dialects.builtin import ModuleOp
 
+from dopant.codesign.pruning import Costs, prune
 from dopant.compiler.driver import CANONICAL_PIPELINE, compile_module, quantize_network
 from dopant.compiler.evaluate import BatchedRunner, top1
 from dopant.compiler.frontend import import_model
-from dopant.compiler.models.datasets import load_sample
+from dopant.compiler.models.datasets import Dataset, load_sample
 from dopant.compiler.models.pretrained import PRETRAINED, load_pretrained
+from dopant.compiler.models.train import train
 from dopant.compiler.pipeline import run_pipeline
 from dopant.compiler.summary import format_table, op_rows
 from dopant.support.errors import InputError
 
 TARGET = "edge16"  # the accelerator the demo compiles for (a preset of backend.presets)
+PRUNE_METHOD, PRUNE_TARGET = "sosp-h", "macs=0.5"
+SALIENCY_BATCH = 64  # the 512 calibration images in 8 batches
+# The fine-tune: dopant's training recipe on the 512 shipped training images.
+FINETUNE_EPOCHS, FINETUNE_LR, FINETUNE_BATCH = 8, 0.02, 64
 QUANTIZED: dict[str, dict[str, Any]] = {  # name -> quantize options
     "W8A8": {"weight_bits": 8, "act_bits": 8},
     "W4A8": {"weight_bits": 4, "act_bits": 8, "weight_clip": "mse"},
@@ -83,16 +92,89 @@ def _demo(name: str) -> dict[str, float]:
     )
     for label, value in results.items():
         print(f"  {label:<22} {value:.2%}")
-    results["W8A8 on the accelerator"] = _accelerator(
-        networks["W8A8"], integer_logits["W8A8"], test.x, test.y
-    )
+    score, cycles = _accelerator(networks["W8A8"], integer_logits["W8A8"], test.x, test.y)
+    results["W8A8 on the accelerator"] = score
+    dense = Row("dense", Costs.of(module), results["float"], score, cycles)
+    pruned = _pruned(model, calibration, test)
+    _compare(dense, pruned)
+    results["pruned float"], results["pruned W8A8 on the accelerator"] = pruned.float, pruned.w8a8
     return results
 
 
-def _accelerator(quantized: ModuleOp, expected: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+@dataclass(frozen=True)
+class Row:
+    """One network in the closing comparison."""
+
+    label: str
+    costs: Costs
+    float: float
+    w8a8: float
+    cycles: int
+
+
+def _pruned(model: torch.nn.Module, calibration: Dataset, test: Dataset) -> Row:
+    """Prune `model` by SOSP-H saliency to half its MACs, fine-tune it on the calibration images
+    and run it through the same quantize-compile-simulate path as the dense network."""
+    start = time.perf_counter()
+    batches = [
+        (torch.from_numpy(x), torch.from_numpy(y)) for x, y in calibration.batches(SALIENCY_BATCH)
+    ]
+    result = prune(model, torch.from_numpy(test.x[:1]), batches, PRUNE_METHOD, PRUNE_TARGET)
+    print(
+        f"\npruned by {PRUNE_METHOD} saliency on {len(calibration)} training images to "
+        f"{PRUNE_TARGET} ({result.removed:.1%} of the MACs removed) in "
+        f"{time.perf_counter() - start:.1f} s; kept channels per group:"
+    )
+    for planned in result.plan.groups:
+        print(f"  {planned.id:<24} {len(planned.keep):>3} of {planned.size}")
+    pruned_model = result.model
+    before = _torch_top1(pruned_model, test)
+    start = time.perf_counter()
+    train(
+        pruned_model, calibration, epochs=FINETUNE_EPOCHS, lr=FINETUNE_LR, batch_size=FINETUNE_BATCH
+    )
+    after = _torch_top1(pruned_model, test)
+    print(
+        f"top-1 (float) {before:.2%} right after pruning, {after:.2%} after fine-tuning "
+        f"{FINETUNE_EPOCHS} epochs on {len(calibration)} images "
+        f"({time.perf_counter() - start:.1f} s)"
+    )
+    module = import_model(pruned_model, torch.from_numpy(test.x[:1]))
+    run_pipeline(module, CANONICAL_PIPELINE)
+    quantized = quantize_network(module, calibration.x, method="mse", weight_bits=8, act_bits=8)
+    expected = BatchedRunner(quantized).run(test.x)
+    score, cycles = _accelerator(quantized, expected, test.x, test.y, profile=False)
+    return Row(f"pruned ({PRUNE_TARGET})", Costs.of(module), after, score, cycles)
+
+
+def _torch_top1(model: torch.nn.Module, data: Dataset) -> float:
+    with torch.no_grad():
+        return top1(model.eval()(torch.from_numpy(data.x)).numpy(), data.y)
+
+
+def _compare(*rows: Row) -> None:
+    dense = rows[0]
+    print(
+        f"\n{'network':<20} {'MACs':>11} {'params':>9} {'float top-1':>12} "
+        f"{'W8A8 on edge16':>15} {'cycles':>9} {'speed-up':>9}"
+    )
+    for r in rows:
+        print(
+            f"{r.label:<20} {r.costs.macs:>11,} {r.costs.params:>9,} {r.float:>12.2%} "
+            f"{r.w8a8:>15.2%} {r.cycles:>9,} {dense.cycles / r.cycles:>8.2f}x"
+        )
+
+
+def _accelerator(
+    quantized: ModuleOp,
+    expected: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    profile: bool = True,
+) -> tuple[float, int]:
     """Compile the integer network for the edge16 preset, run the test sample on the simulated
     accelerator, check it against the integer reference's logits `expected` and print the
-    latency profile."""
+    latency profile (or only its summary); (top-1, cycles per image)."""
     start = time.perf_counter()
     compiled = compile_module(quantized, target=TARGET)
     program = compiled.program
@@ -111,5 +193,6 @@ def _accelerator(quantized: ModuleOp, expected: np.ndarray, x: np.ndarray, y: np
     )
     stats = program.stats
     print(stats.summary())
-    print(stats.table())
-    return score
+    if profile:
+        print(stats.table())
+    return score, stats.total_cycles
