@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.rewriter import Rewriter
 
-from dopant.codesign.prune_module import prune_module
+from dopant.codesign.mirror import prune_module
 from dopant.compiler.frontend import import_model
 from dopant.compiler.models import zoo
 from dopant.compiler.pipeline import run_pipeline
