@@ -97,7 +97,10 @@ def _demo(name: str) -> dict[str, float]:
     dense = Row("dense", Costs.of(module), results["float"], score, cycles)
     pruned = _pruned(model, calibration, test)
     _compare(dense, pruned)
-    results["pruned float"], results["pruned W8A8 on the accelerator"] = pruned.float, pruned.w8a8
+    results["pruned float"], results["pruned W8A8 on the accelerator"] = (
+        pruned.float_top1,
+        pruned.w8a8_top1,
+    )
     return results
 
 
@@ -107,8 +110,8 @@ class Row:
 
     label: str
     costs: Costs
-    float: float
-    w8a8: float
+    float_top1: float
+    w8a8_top1: float
     cycles: int
 
 
@@ -160,8 +163,8 @@ def _compare(*rows: Row) -> None:
     )
     for r in rows:
         print(
-            f"{r.label:<20} {r.costs.macs:>11,} {r.costs.params:>9,} {r.float:>12.2%} "
-            f"{r.w8a8:>15.2%} {r.cycles:>9,} {dense.cycles / r.cycles:>8.2f}x"
+            f"{r.label:<20} {r.costs.macs:>11,} {r.costs.params:>9,} {r.float_top1:>12.2%} "
+            f"{r.w8a8_top1:>15.2%} {r.cycles:>9,} {dense.cycles / r.cycles:>8.2f}x"
         )
 
 

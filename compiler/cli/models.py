@@ -33,4 +33,3 @@ def register(command: Command) -> None:
     p.add_argument("model", help="zoo:NAME")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("-o", "--output", required=True, help="weights .npz, which --weights reads")
-
