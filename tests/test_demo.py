@@ -20,6 +20,13 @@ def test_demo_reports_float_and_quantized_accuracy(capsys: pytest.CaptureFixture
     assert results["W8A8 on the accelerator"] == results["W8A8"]
     assert "bit-identical to the integer reference on 1000 of 1000 images" in out
     assert "accelerator 'edge16'" in out and "features.0" in out  # the profile, per layer
+    # The pruned network: at least half the MACs gone, fewer cycles measured, and the binary
+    # still bit-exact; a brief fine-tune keeps it far above chance (10%).
+    assert results["pruned MACs"] <= 0.5 * results["MACs"]
+    assert results["pruned cycles"] < results["cycles"]
+    assert out.count("bit-identical to the integer reference on 1000 of 1000 images") == 2
+    assert results["pruned float"] > 0.5
+    assert f"{int(results['pruned cycles']):,}" in out.split("speed-up")[-1]
 
 
 def test_demo_refuses_models_without_trained_weights(capsys: pytest.CaptureFixture[str]) -> None:
