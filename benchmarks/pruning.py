@@ -31,13 +31,15 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 from trained import INPUT_SHAPE, trained
 
-from dopant.codesign import PruningPlan, model_groups, prune_module, saliency, select_channels
+from dopant.codesign import PruningPlan, group_saliency, prune_module, select_channels
 from dopant.compiler.driver import CANONICAL_PIPELINE, latency, quantize_network
 from dopant.compiler.frontend import import_model
 from dopant.compiler.models.datasets import Dataset, load_fashion_mnist, load_sample
 from dopant.compiler.models.train import accuracy, train
 from dopant.compiler.pipeline import run_pipeline
+from dopant.dialects.qnn.base import forward
 from dopant.passes._prune_channels.costs import layer_shapes, totals
+from dopant.passes._prune_channels.groups import coupling_groups
 from dopant.support.errors import InputError
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -64,8 +66,7 @@ def cycles_w8a8(model: nn.Module, calibration: np.ndarray) -> int:
 
 def macs_params(model: nn.Module) -> tuple[int, int]:
     module = import_model(model, torch.zeros(INPUT_SHAPE))
-    fn = next(op for op in module.walk() if op.name == "func.func")
-    return totals(layer_shapes(fn), {})  # type: ignore[arg-type]
+    return totals(layer_shapes(forward(module, "to count")), {})
 
 
 def finetuned(model: nn.Module, data: Dataset) -> nn.Module:
@@ -110,15 +111,16 @@ def run_model(
         cycles = cycles_w8a8(model, calibration)
         row = (name, "dense", 0, macs, params, cycles, acc, acc, 0)
         append_row(out, dict(zip(FIELDS, row, strict=True)))
-    example = torch.from_numpy(calibration[:1])
-    groups = model_groups(model, example)
+    module = import_model(model, torch.from_numpy(calibration[:1]))
+    groups = coupling_groups(module)
+    layers = layer_shapes(forward(module, "to count"))
     batches = saliency_batches(train_set)
     for method in methods:
         if all((name, method, str(t)) in done for t in targets):
             continue
         start = time.perf_counter()
         try:
-            scores = saliency(model, example, batches, method=method)
+            scores = group_saliency(model, groups, batches, method=method)
         except InputError as error:
             print(f"{name} {method}: skipped ({error})", flush=True)
             continue
@@ -126,7 +128,7 @@ def run_model(
         for target in targets:
             if (name, method, str(target)) in done:
                 continue
-            keep = select_channels(groups, scores, f"macs={target}")
+            keep = select_channels(groups, scores, f"macs={target}", layers=layers)
             pruned = prune_module(copy.deepcopy(model), PruningPlan.make(groups, keep))
             macs, params = macs_params(pruned)
             acc = accuracy(pruned, test)

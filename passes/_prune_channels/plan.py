@@ -18,6 +18,7 @@ grouped conv's input one index per conv group).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,9 @@ from dopant.support.files import write_atomic
 FORMAT = "dopant-pruning-plan"
 VERSION = 1
 PLAN_ATTR = "qnn.pruning_plan"
+# What `indent` spreads over lines and reads better on one: a list of integers, and an object
+# without nested objects or lists (a member). Module paths hold no whitespace to collapse.
+_FLAT = re.compile(r"\[[\s\d,-]*\]|\{[^{}\[\]]*\}")
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,8 @@ class PruningPlan:
             _check_indices(group, list(planned.keep), where)
 
     def to_json(self) -> str:
-        return json.dumps(
+        """Indented JSON with each list of numbers on one line, for a person to read."""
+        text = json.dumps(
             {
                 "format": FORMAT,
                 "version": VERSION,
@@ -95,8 +100,9 @@ class PruningPlan:
                     for g in self.groups
                 },
             },
-            indent=1,
+            indent=2,
         )
+        return _FLAT.sub(lambda m: " ".join(m.group(0).split()), text)
 
     def save(self, path: str) -> None:
         write_atomic(path, self.to_json() + "\n")
