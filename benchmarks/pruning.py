@@ -198,7 +198,7 @@ def plot(rows: list[dict[str, str]], path: Path) -> None:
     fig, axes = plt.subplots(len(models), 2, figsize=(10, 3.6 * len(models)), squeeze=False)
     for ax_row, name in zip(axes, models, strict=True):
         mine = [r for r in rows if r["model"] == name]
-        for method in sorted({r["method"] for r in mine}):
+        for method in sorted({r["method"] for r in mine} - {"dense"}):
             points = sorted(
                 (r for r in mine if r["method"] in (method, "dense")),
                 key=lambda r: -int(r["macs"]),
