@@ -47,6 +47,8 @@ from dopant.dialects.qnn import (
 from dopant.dialects.qnn.base import QnnOp
 from dopant.support.errors import DopantError
 
+# Their other operands are weights, biases and statistics, not activations.
+LAYERS = (Conv2DOp, LinearOp, BatchNormOp)
 PASS_THROUGH = (
     ReluOp,
     ClampOp,
@@ -121,6 +123,23 @@ def channel_graph(module: ModuleOp) -> ChannelGraph:
     return g
 
 
+def _activations(op: Operation) -> list[SSAValue]:
+    """The operands and results of `op` that carry channels (not a layer's parameters)."""
+    if isinstance(op, LAYERS):
+        return [op.operands[0], op.results[0]]
+    return [*op.operands, *op.results]
+
+
+def _untracked(g: ChannelGraph, op: Operation, where: str) -> str | None:
+    """Why `op`'s channels cannot be followed, if they cannot."""
+    flowing = _activations(op)
+    if any(v not in g.base for v in flowing):
+        return f"{where}, whose tensor of rank below 2 has no channel axis"
+    if any(isinstance(v.owner, ConstantOp) for v in flowing):
+        return f"{where}, which reads a constant tensor that prune-channels does not slice"
+    return None
+
+
 def _tie(g: ChannelGraph, op: Operation) -> None:
     if isinstance(op, ConstantOp):
         return
@@ -128,6 +147,15 @@ def _tie(g: ChannelGraph, op: Operation) -> None:
         for value in op.operands:
             if value in g.base:
                 g.pin(value, "the network's outputs (logits)")
+        return
+    where = op.where if isinstance(op, QnnOp) else op.name
+    reason = _untracked(g, op, where)
+    if reason is None and not isinstance(op, (*PASS_THROUGH, *LAYERS, AddOp, ConcatOp, ReshapeOp)):
+        reason = f"{where}, which prune-channels does not prune through"
+    if reason is not None:
+        for value in _activations(op):
+            if value in g.base:
+                g.pin(value, reason)
         return
     if isinstance(op, PASS_THROUGH):
         g.tie(g.channels(op.operands[0]), g.channels(op.results[0]))
@@ -140,11 +168,6 @@ def _tie(g: ChannelGraph, op: Operation) -> None:
         _tie_reshape(g, op)
     elif isinstance(op, Conv2DOp):
         _tie_conv(g, op)
-    elif not isinstance(op, LinearOp):
-        where = op.where if isinstance(op, QnnOp) else op.name
-        for value in (*op.operands, *op.results):
-            if value in g.base:
-                g.pin(value, f"{where}, which prune-channels does not prune through")
 
 
 def _tie_concat(g: ChannelGraph, op: ConcatOp) -> None:

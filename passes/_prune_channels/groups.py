@@ -82,10 +82,6 @@ class Group:
     def member(self, path: str, dim: Dim) -> Member | None:
         return next((m for m in self.members if m.path == path and m.dim == dim), None)
 
-    def widths(self, kept: int) -> dict[MemberKey, int]:
-        """How many indices each member dimension of this group has when it keeps `kept`."""
-        return {(m.path, m.dim): kept * m.per_channel for m in self.members}
-
 
 @dataclass(frozen=True)
 class _Site:

@@ -3,7 +3,7 @@
 Given the channels each activation keeps, each op is rewritten where it is: a conv's or linear
 layer's weight rows (output channels) and columns (input channels or features), its bias, a
 batch norm's four vectors, per-channel quantization parameters of constants and of
-requantize / add / (de)quantize ops, the `groups` of a depthwise conv, and every result type.
+requantize and (de)quantize ops, the `groups` of a depthwise conv, and every result type.
 """
 
 from __future__ import annotations
