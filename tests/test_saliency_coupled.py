@@ -1,16 +1,19 @@
 """Saliency on coupled groups: the magnitude criterion against the parameters autograd says a
-channel touches (shared filters counted once)."""
+channel touches (shared filters counted once), and the data methods on groups with several
+gates, as `coupling_groups` finds them on an imported model (a residual add, an inverted
+residual's expand and depthwise batch norms), against scaling every gate's γ and β by c."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from saliency_reference import group, rows
+from saliency_reference import data, group, randomize_norms, references, rows
 from torch import Tensor, nn
 
 from dopant.codesign.scores import group_saliency
-from dopant.passes._prune_channels.groups import Member
+from dopant.compiler.frontend import import_model
+from dopant.passes._prune_channels.groups import Member, coupling_groups
 
 
 class Branchy(nn.Module):
@@ -116,3 +119,51 @@ def test_magnitude_sums_each_parameter_a_channel_removes_once() -> None:
             + w["conv2.weight"][:3, :2].sum()
         )
     np.testing.assert_allclose(got["conv1"][0], float(hand), rtol=1e-6)
+
+
+class Coupled(nn.Module):
+    """A residual stage: stem conv+BN and conv+BN added (a group gated at bn0 and bn1); an
+    inverted-residual-like block: 1x1 expand+BN, depthwise 3x3+BN (one group gated at bn2 and
+    bn3), a 1x1 projection with a bias and no batch norm; global pool, linear(3→5)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(4)
+        self.conv1 = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.expand = nn.Conv2d(4, 6, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.dw = nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False)
+        self.bn3 = nn.BatchNorm2d(6)
+        self.project = nn.Conv2d(6, 3, 1)
+        self.fc = nn.Linear(3, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = F.relu(self.bn0(self.stem(x)))
+        a = F.relu(a + self.bn1(self.conv1(a)))
+        h = F.relu(self.bn2(self.expand(a)))
+        h = F.relu(self.bn3(self.dw(h)))
+        return self.fc(self.project(h).mean(dim=(2, 3)))
+
+
+# θ_s by hand, per group: every gate's (γ_s, β_s), or the projection's (W_s, b_s).
+COUPLED = {"stem": (["bn0", "bn1"], 4), "expand": (["bn2", "bn3"], 6), "project": (["project"], 3)}
+
+
+def test_a_group_with_several_gates_scales_them_all() -> None:
+    torch.manual_seed(5)
+    model = Coupled().eval()
+    groups = coupling_groups(import_model(model, torch.zeros(1, 1, 5, 5)))
+    prunable = {g.id: g for g in groups if g.prunable}
+    assert {gid: ([m.path for m in g.gates], g.size) for gid, g in prunable.items()} == COUPLED
+    model.double()
+    randomize_norms([model.bn0, model.bn1, model.bn2, model.bn3])
+    batches = data((5, 3))
+    want = references(model, list(COUPLED.values()), batches)
+    ends = np.cumsum([size for _, size in COUPLED.values()])
+    for method in ("sosp-h", "sosp-i"):  # the Hessian across both gates, and Q across groups
+        got = group_saliency(model, groups, batches, method)
+        assert list(got) == list(COUPLED)
+        for gid, part in zip(COUPLED, np.split(want[method, "exact"], ends[:-1]), strict=True):
+            np.testing.assert_allclose(got[gid], part, rtol=1e-6, atol=1e-12, err_msg=method)
