@@ -11,12 +11,14 @@ the scaling of θ_s, so ∂L/∂c_s = θ_sᵀ g and ∂²L/∂c_s∂c_s' = θ_s�
 SOSP section, "Gates make it simple"; Nonnenmacher et al., ICLR 2022). Methods:
 
 - `magnitude`: Σ |p| over every parameter the channel's removal removes (needs no data);
-- `taylor`: |θ_sᵀ g|, with g the gradient of the mean loss averaged over the batches;
+- `taylor`: |θ_sᵀ g|, with g the gradient of the loss over the whole data (the mean over all
+  N samples: each batch's mean-loss gradient weighted by its size n_b, Σ n_b g_b / N);
 - `sosp-h`: |θ_sᵀ g| + ½ |θ_sᵀ H θ_struc|, θ_struc = all prunable structures: in gate space
   |∂L/∂c| + ½ |H_c 𝟙|, one Hessian-vector product per batch, g and H_c 𝟙 averaged over the
-  batches before the absolute values. `hessian="exact"` differentiates twice (`torch.func`:
-  `jvp` of `grad`); `"gauss-newton"` uses J_cᵀ Λ (J_c 𝟙), Λ the Hessian of the loss w.r.t.
-  the logits (positive semi-definite; one JVP, then one VJP);
+  samples like g (Σ n_b (H_c 𝟙)_b / N) before the absolute values. `hessian="exact"`
+  differentiates twice (`torch.func`: `grad` of ⟨`grad`, 𝟙⟩); `"gauss-newton"` uses
+  J_cᵀ Λ (J_c 𝟙), Λ the Hessian of the loss w.r.t. the logits (positive semi-definite; one
+  JVP, then one VJP);
 - `sosp-i`: |θ_sᵀ g| + ½ Σ_s' |Q_ss'|, Q = (1/N) Σ_n J_nᵀ Λ_n J_n over all N samples, J_n the
   per-sample Jacobian of the logits w.r.t. all S gates: S×S memory, small models only.
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence, Sized
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -57,7 +60,7 @@ def sosp_i_mib(structures: int) -> float:
 def group_saliency(
     model: nn.Module,
     groups: Sequence[Group],
-    batches: Iterable[tuple[Tensor, Tensor]],
+    batches: Iterable[tuple[Tensor, Tensor]] | None,
     method: str = "sosp-h",
     loss: Callable[[Tensor, Tensor], Tensor] | None = None,
     *,
@@ -68,13 +71,16 @@ def group_saliency(
     """One float64 score per channel of each prunable group, keyed by group id (module doc).
 
     `batches` yields (inputs, labels) pairs; inputs are cast to the model's float dtype.
-    `loss(logits, labels)` must be the mean over the batch of per-sample losses (so a batch of
-    one gives a sample's loss); the default is cross-entropy. `max_structures` bounds the
-    total number S of prunable channels sosp-i accepts. `progress` draws a bar on a terminal.
+    Batches may differ in size: every term is a mean over all samples. `loss(logits, labels)`
+    must be the mean over the batch of per-sample losses (so a batch of one gives a sample's
+    loss); the default is cross-entropy, whose labels are class indices 0 .. C-1 for C logits
+    (or per-class probabilities shaped like the logits). `max_structures` bounds the total
+    number S of prunable channels sosp-i accepts. `progress` draws a bar on a terminal.
 
     Raises InputError for an unknown method or Hessian, a member path the model lacks, a gate
     on a module that has no channels to gate, sosp-i over more than `max_structures` channels
-    (naming S and the memory it would take), and a data method given no batches.
+    (naming S and the memory it would take), a data method given no batches (or None), an
+    empty batch, and, with the default loss, a label outside 0 .. C-1.
     """
     if method not in METHODS:
         raise InputError(
@@ -86,6 +92,8 @@ def group_saliency(
     modules = _modules(model, prunable)
     if method == "magnitude":
         return magnitude(prunable, modules)
+    if batches is None:
+        raise _no_data(method)
     structures = sum(group.size for group in prunable)
     if method == "sosp-i" and structures > max_structures:
         raise InputError(
@@ -96,7 +104,7 @@ def group_saliency(
     if structures == 0:
         return {}
     with GatedNetwork(model, prunable, modules) as net:
-        g, curvature = _accumulate(net, batches, method, hessian, loss or F.cross_entropy, progress)
+        g, curvature = _accumulate(net, batches, method, hessian, loss, progress)
     if method == "taylor":
         scores = np.abs(g)
     elif method == "sosp-h":
@@ -129,37 +137,57 @@ def _accumulate(
     batches: Iterable[tuple[Tensor, Tensor]],
     method: str,
     hessian: str,
-    loss: Callable[[Tensor, Tensor], Tensor],
+    loss: Callable[[Tensor, Tensor], Tensor] | None,
     show: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The batch-averaged gradient and the method's curvature term (H_c 𝟙 averaged over
-    batches for sosp-h, Q averaged over samples for sosp-i, zeros for taylor), in float64."""
+    """The gradient and the method's curvature term (H_c 𝟙 for sosp-h, Q for sosp-i, zeros
+    for taylor) as means over all samples, in float64: each batch's terms of its mean loss
+    weighted by its size n_b, then divided by N = Σ n_b (Q comes as a sum over samples)."""
     size = net.size
     g = np.zeros(size)
     curvature = np.zeros((size, size) if method == "sosp-i" else size)
-    count = samples = 0
+    count = samples = classes = 0
     total = len(batches) if isinstance(batches, Sized) else None
     for batch in bar(batches, show=show, total=total, what=f"saliency ({method})", unit="batch"):
         x, y = _pair(batch, count, net)
-        if method == "taylor":
-            g_batch, term = gradient(net, x, y, loss), None
-        elif method == "sosp-i":
-            g_batch, term = gradient(net, x, y, loss), fisher_sum(net, x, y, loss)
-        elif hessian == "exact":
-            g_batch, term = gradient_and_hessian_ones(net, x, y, loss)
-        else:
-            g_batch, term = gradient_and_gauss_newton_ones(net, x, y, loss)
-        g += _numpy(g_batch)
+        if loss is None:
+            classes = classes or _classes(net, x)
+            _check_labels(y, count, classes)
+        g_batch, term = _terms(net, x, y, method, hessian, loss or F.cross_entropy)
+        n = len(x)
+        g += n * _numpy(g_batch)
         if term is not None:
-            curvature += _numpy(term)
+            curvature += _numpy(term) if method == "sosp-i" else n * _numpy(term)
         count += 1
-        samples += len(x)
+        samples += n
     if count == 0:
-        raise InputError(
-            f"saliency needs data: method '{method}' got no batches; pass (inputs, labels) "
-            "batches, or use method 'magnitude', which needs none."
-        )
-    return g / count, curvature / (samples if method == "sosp-i" else count)
+        raise _no_data(method)
+    return g / samples, curvature / samples
+
+
+def _terms(
+    net: GatedNetwork,
+    x: Tensor,
+    y: Tensor,
+    method: str,
+    hessian: str,
+    loss: Callable[[Tensor, Tensor], Tensor],
+) -> tuple[Tensor, Tensor | None]:
+    """One batch's ∂L/∂c and curvature term (None for taylor) for its mean loss L."""
+    if method == "taylor":
+        return gradient(net, x, y, loss), None
+    if method == "sosp-i":
+        return gradient(net, x, y, loss), fisher_sum(net, x, y, loss)
+    if hessian == "exact":
+        return gradient_and_hessian_ones(net, x, y, loss)
+    return gradient_and_gauss_newton_ones(net, x, y, loss)
+
+
+def _no_data(method: str) -> InputError:
+    return InputError(
+        f"saliency needs data: method '{method}' got no batches; pass (inputs, labels) "
+        "batches, or use method 'magnitude', which needs none."
+    )
 
 
 def _pair(batch: object, index: int, net: GatedNetwork) -> tuple[Tensor, Tensor]:
@@ -168,8 +196,34 @@ def _pair(batch: object, index: int, net: GatedNetwork) -> tuple[Tensor, Tensor]
     x, y = batch[0], batch[1]
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
         raise InputError(f"saliency batch {index} must hold torch tensors, got {type(x)}.")
+    if x.ndim == 0 or len(x) == 0:
+        raise InputError(
+            f"saliency batch {index} holds no samples (inputs of shape {tuple(x.shape)}); "
+            "leave empty batches out."
+        )
     x = x.to(device=net.device, dtype=net.dtype) if x.is_floating_point() else x.to(net.device)
     return x, y.to(net.device)
+
+
+def _classes(net: GatedNetwork, x: Tensor) -> int:
+    """How many logits the model gives a sample (one forward pass on the batch's first)."""
+    with torch.no_grad():
+        logits = net.logits(net.ones(), x[:1])
+    return int(logits.shape[1]) if logits.ndim > 1 else int(logits.shape[0])
+
+
+def _check_labels(y: Tensor, index: int, classes: int) -> None:
+    """Class-index labels for the default cross-entropy must lie in 0 .. classes - 1."""
+    if y.is_floating_point():
+        return  # per-class probabilities: cross-entropy checks their shape itself
+    bad = y[(y < 0) | (y >= classes)]
+    if bad.numel() == 0:
+        return
+    raise InputError(
+        f"saliency batch {index} has the label {int(bad[0])}, but the model gives C = {classes} "
+        f"logits and the default cross-entropy loss takes labels 0 .. {classes - 1}; shift the "
+        "labels (e.g. 1..C to 0..C-1) or pass a `loss` that takes them."
+    )
 
 
 def _numpy(t: Tensor) -> np.ndarray:
