@@ -80,11 +80,16 @@ def prune_module(
         return model
     try:
         _check_forward(model, example_inputs)
-    except InputError:
+    except Exception as error:  # whatever the user's forward raises: put the model back
         for cut, state in zip(cuts, before, strict=True):
             for name, value in state.items():
                 setattr(cut.module, name, value)
-        raise
+        raise InputError(
+            f"the pruned model fails on the example inputs ({type(error).__name__}: {error}), "
+            "so the model was left unpruned: a layer whose width the plan changes is missing "
+            "from the plan (a plan made from IR with folded batch norms does not list them: "
+            "make the plan before fold-batchnorm), or the forward depends on a width."
+        ) from error
     return model
 
 
@@ -266,13 +271,6 @@ def _check_forward(model: nn.Module, example_inputs: torch.Tensor | Sequence[tor
     try:
         with torch.no_grad():
             model(*inputs)
-    except RuntimeError as error:
-        raise InputError(
-            f"the pruned model fails on the example inputs ({error}), so the model was left "
-            "unpruned: a layer whose width the plan changes is missing from the plan (a plan "
-            "made from IR with folded batch norms does not list them: make the plan before "
-            "fold-batchnorm)."
-        ) from error
     finally:
         for module, training in modes.items():
             module.training = training

@@ -470,3 +470,26 @@ def test_member_indices_listed_twice_are_refused() -> None:
     with pytest.raises(InputError, match=r"lists index 0 of 'conv1' \(out\), which group 'conv1'"):
         prune_module(model, clash)
     assert_unchanged(model, before)
+
+
+class PicksChannel(Small):
+    """Adds conv1's channel 5 to every channel: an IndexError in torch once conv1 keeps 3."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = x + x[:, 5, None]
+        return self.fc(torch.flatten(torch.relu(self.bn2(self.conv2(x))), 1))
+
+
+def test_any_error_of_the_forward_check_undoes_the_pruning() -> None:
+    plan, x = small_plan(Small())  # the same layers; the IR has no slice to import
+    model = PicksChannel()
+    want = torch_out(model, x)
+    before = snapshot(model)
+    with pytest.raises(
+        InputError, match=r"fails on the example inputs \(IndexError: index 5 is out of"
+    ) as e:
+        prune_module(model, plan, example_inputs=x)
+    assert isinstance(e.value.__cause__, IndexError)
+    assert_unchanged(model, before)
+    assert model.conv1.out_channels == 6 and np.array_equal(torch_out(model, x), want)
