@@ -428,3 +428,14 @@ def test_the_version_is_the_integer_1() -> None:
             InputError, match=rf"plan.json: 'version' must be the integer 1, not {version!r}\."
         ):
             PruningPlan.from_json(_one_group_plan({}, version), "plan.json")
+
+
+def test_a_file_that_is_not_text_is_not_a_plan(tmp_path: Path) -> None:
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"\x80\x02}q\x00")  # how a pickle starts: not UTF-8
+    with pytest.raises(
+        InputError,
+        match=rf"'{weights}' is not a JSON pruning plan: byte 0 is not UTF-8 text; give a "
+        r"plan\.json written by `dopant prune --plan-out`\.",
+    ):
+        PruningPlan.load(str(weights))

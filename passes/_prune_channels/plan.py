@@ -146,6 +146,11 @@ class PruningPlan:
                 text = handle.read()
         except OSError as error:
             raise InputError(f"cannot read the pruning plan '{path}': {error.strerror}.") from error
+        except UnicodeDecodeError as error:
+            raise InputError(
+                f"'{path}' is not a JSON pruning plan: byte {error.start} is not UTF-8 text; "
+                "give a plan.json written by `dopant prune --plan-out`."
+            ) from error
         return PruningPlan.from_json(text, path)
 
     def to_attr(self) -> DictionaryAttr:
