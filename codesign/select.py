@@ -53,6 +53,11 @@ class Target:
         """'macs=0.5' (half the MACs removed) or 'params=0.3'; a Target is returned as is."""
         if isinstance(text, Target):
             return Target.checked(text.metric, text.fraction)
+        if not isinstance(text, str):
+            raise InputError(
+                f"pruning target {text!r} is a {type(text).__name__}, not METRIC=FRACTION text; "
+                'write e.g. target="macs=0.5" (remove half the MACs).'
+            )
         name, sep, value = text.partition("=")
         name = name.strip().lower()
         if not sep or name not in METRICS:
@@ -87,6 +92,12 @@ class Target:
     def what(self) -> str:
         """'MACs' or 'parameters', for messages and tables."""
         return _METRIC_NAMES[self.metric]
+
+
+def check_round_to(round_to: int) -> None:
+    """InputError unless `round_to` is an integer (not a bool) of at least 1."""
+    if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
+        raise InputError(f"round_to must be a positive integer (1: no rounding), not {round_to!r}.")
 
 
 def allowed_counts(size: int, round_to: int) -> list[int]:
@@ -148,12 +159,12 @@ def select_channels(
     `scores[id]` holds one score per channel of each prunable group (higher: more salient);
     `layers` are the network's layer shapes (`costs.layer_shapes` of its `@forward`). Ties go
     to the group first in `groups`, then to the lower channel index. InputError for a missing,
-    misshapen or non-finite score, a score for a group that is not prunable here, `round_to`
-    below 1, and a target that cannot be met without emptying a group.
+    misshapen or non-finite score, a score for a group that is not prunable here, a target
+    that is not METRIC=FRACTION text or a Target, `round_to` not a positive int, and a target
+    that cannot be met without emptying a group.
     """
     target = Target.parse(target)
-    if round_to < 1:
-        raise InputError(f"round_to must be 1 (no rounding) or more, got {round_to}.")
+    check_round_to(round_to)
     prunable = [g for g in groups if g.prunable]
     orders = {g.id: _ascending(g, scores) for g in prunable}
     _check_extra(groups, scores)

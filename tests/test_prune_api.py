@@ -5,6 +5,8 @@ the groups and the scores in one call."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,7 @@ from dopant.codesign.scores import group_saliency
 from dopant.compiler.frontend import import_model
 from dopant.passes._prune_channels.groups import coupling_groups
 from dopant.runtime.reference import run
+from dopant.support.errors import InputError
 
 
 class Net(nn.Module):
@@ -102,3 +105,15 @@ def test_model_groups_and_saliency_are_import_groups_scores(
     assert ours.keys() == theirs.keys() == {"conv1", "conv3"}
     for key in ours:
         np.testing.assert_array_equal(ours[key], theirs[key])
+
+
+def test_a_bad_target_or_round_to_fails_before_any_work() -> None:
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        raise AssertionError("the batches were read")
+        yield  # a generator: raises when read, not when made
+
+    model = Net()  # not even an example input that fits: nothing is imported
+    with pytest.raises(InputError, match=r"pruning target 0\.5 is a float, not METRIC=FRACTION"):
+        prune(model, torch.zeros(1), batches(), target=0.5)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"round_to must be a positive integer .*, not 16\.0\."):
+        prune(model, torch.zeros(1), batches(), round_to=16.0)  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ What is checked, for random scores and targets:
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -298,6 +299,16 @@ def test_bad_targets(text: str, message: str) -> None:
         Target.parse(text)
 
 
+@pytest.mark.parametrize("target", [0.5, ("macs", 0.5), None])
+def test_a_target_that_is_not_text(target: object) -> None:
+    with pytest.raises(
+        InputError,
+        match=rf"pruning target {re.escape(repr(target))} is a {type(target).__name__}, not "
+        r"METRIC=FRACTION text; write e\.g\. target=\"macs=0\.5\" \(remove half the MACs\)\.",
+    ):
+        Target.parse(target)  # type: ignore[arg-type]
+
+
 def test_targets_parse() -> None:
     assert Target.parse("macs=0.5") == Target("macs", 0.5)
     assert Target.parse(" Params = 0.3") == Target("params", 0.3)
@@ -319,5 +330,9 @@ def test_bad_scores(residual: Network) -> None:
         select_channels(groups, {**good, "fc": np.ones(2)}, "macs=0.5", layers=layers)
     with pytest.raises(InputError, match="'conv9', which this network does not have"):
         select_channels(groups, {**good, "conv9": np.ones(2)}, "macs=0.5", layers=layers)
-    with pytest.raises(InputError, match="round_to must be 1"):
-        select_channels(groups, good, "macs=0.5", round_to=0, layers=layers)
+    for bad in (0, 16.0, True, "16"):
+        with pytest.raises(
+            InputError,
+            match=rf"round_to must be a positive integer \(1: no rounding\), not {re.escape(repr(bad))}\.",
+        ):
+            select_channels(groups, good, "macs=0.5", round_to=bad, layers=layers)  # type: ignore[arg-type]
