@@ -264,17 +264,20 @@ def _check_reachable(
         raise InputError(f"the network has no {target.what}; nothing can be pruned.")
     for group in prunable:
         cost.remove(group, group.size - counts[group.id][0])
-    reach = math.floor(cost.removed() * 1000) / 1000  # what the user can ask for
-    if cost.removed() >= target.fraction:
+    most = cost.removed()
+    if most >= target.fraction:
         return
     floor = "one channel" if round_to == 1 else f"{round_to} channels (round_to)"
-    if reach <= 0:
+    if most <= 0:
         raise InputError(
             f"the network has no channel it can lose (no prunable group above {floor}), so "
             f"{target} cannot be met."
         )
+    # What the user can ask for: `most` floored to 3 decimals, or 3 significant digits below.
+    places = max(3, 2 - math.floor(math.log10(most)))
+    reach = math.floor(most * 10**places) / 10**places
     raise InputError(
         f"pruning target {target} would empty a group: with every prunable group down to "
-        f"{floor} the network loses at most {reach:.1%} of its {target.what}; ask for at most "
-        f"{target.metric}={reach:g}."
+        f"{floor} the network loses at most {reach:.{places - 2}%} of its {target.what}; ask "
+        f"for at most {target.metric}={reach:g}."
     )

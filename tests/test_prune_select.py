@@ -83,8 +83,8 @@ def branches_costs(kept: dict[str, int]) -> tuple[int, int]:
 Network = tuple[list[Group], list[LayerShape], dict[str, int]]
 
 
-def _network(model: nn.Module) -> Network:
-    module = import_model(model.eval(), torch.randn(1, 1, 6, 6))
+def _network(model: nn.Module, shape: tuple[int, ...] = (1, 1, 6, 6)) -> Network:
+    module = import_model(model.eval(), torch.randn(shape))
     groups = coupling_groups(module)
     sizes = {g.id: g.size for g in groups if g.prunable}
     return groups, layer_shapes(forward(module, "to test")), sizes
@@ -279,6 +279,35 @@ def test_an_unreachable_target_names_the_largest_fraction(residual: Network) -> 
     assert {g: len(k) for g, k in keep.items()} == {"conv1": 1, "conv3": 1}
     with pytest.raises(InputError, match=r"would empty a group.*at most 90\.0%.*macs=0\.9\b"):
         select_channels(groups, scores, "macs=0.91", layers=layers)
+
+
+class Bypass(nn.Module):
+    """out = big(x) + up(relu(down(x))) on 2000 features: one group, down's 2 channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.big = nn.Linear(2000, 2000)
+        self.down = nn.Linear(2000, 2)
+        self.up = nn.Linear(2, 2000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.big(x) + self.up(torch.relu(self.down(x)))
+
+
+def test_a_target_below_a_tenth_of_a_percent_of_reach() -> None:
+    """MACs 2000*2000 + 2*(2000*k) for k kept: 4008000 at k = 2, 4004000 at k = 1, so the
+    network loses at most 4000/4008000 = 0.0998% (0.000998004)."""
+    groups, layers, sizes = _network(Bypass(), (1, 2000))
+    assert sizes == {"down": 2}
+    scores = {"down": np.arange(2.0)}
+    assert select_channels(groups, scores, "macs=0.000998", layers=layers) == {"down": [1]}
+    with pytest.raises(
+        InputError,
+        match=r"pruning target macs=0\.001 would empty a group: with every prunable group down "
+        r"to one channel the network loses at most 0\.0998% of its MACs; ask for at most "
+        r"macs=0\.000998\.",
+    ):
+        select_channels(groups, scores, "macs=0.001", layers=layers)
 
 
 @pytest.mark.parametrize(
