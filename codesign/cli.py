@@ -136,24 +136,46 @@ def _batches(
 
 
 def _saliency_plan(args: argparse.Namespace, target: Target) -> tuple[ModuleOp, PruningPlan]:
-    """The imported model and the plan that meets `target` by `args.method`'s saliency."""
+    """The imported model and the plan that meets `target` by `args.method`'s saliency; a
+    target out of reach and sosp-i over too many channels fail before the data is read."""
     from dopant.codesign.scores import group_saliency
-    from dopant.codesign.select import plan_for
+    from dopant.codesign.select import check_reachable, plan_for
+    from dopant.dialects.qnn.base import forward
+    from dopant.passes._prune_channels.costs import layer_shapes
     from dopant.passes._prune_channels.groups import coupling_groups
 
     method = args.method or "sosp-h"
     loaded = loaded_model(args)
     module = imported_module(args, loaded)
+    groups = coupling_groups(module)
+    check_reachable(
+        groups, layer_shapes(forward(module, "to prune")), target, round_to=args.round_to
+    )
+    if method == "sosp-i":
+        _check_sosp_i(sum(g.size for g in groups if g.prunable))
     batches = list(_batches(args, module)) if args.calibration else []
     scores = group_saliency(
         loaded.model,
-        coupling_groups(module),
+        groups,
         batches,
         method,
         hessian=args.hessian,
         progress=shows_progress(args),
     )
     return module, plan_for(module, scores, target, round_to=args.round_to)
+
+
+def _check_sosp_i(structures: int) -> None:
+    """What `group_saliency` refuses for sosp-i, said before the calibration data is loaded."""
+    from dopant.codesign.scores import MAX_STRUCTURES, sosp_i_mib
+    from dopant.support.errors import InputError
+
+    if structures > MAX_STRUCTURES:
+        raise InputError(
+            f"--method sosp-i keeps an S×S matrix over the S = {structures} prunable channels "
+            f"of this network, about {sosp_i_mib(structures):.0f} MiB (it takes at most "
+            f"{MAX_STRUCTURES} channels); use --method sosp-h."
+        )
 
 
 def _cmd_prune(args: argparse.Namespace) -> None:

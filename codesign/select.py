@@ -145,6 +145,46 @@ class _Cost:
         return 1.0 - self.now / self.full
 
 
+def check_reachable(
+    groups: Sequence[Group],
+    layers: Sequence[LayerShape],
+    target: Target | str,
+    *,
+    round_to: int = 1,
+) -> Target:
+    """The parsed target, or InputError (naming the largest reachable fraction) unless it is
+    met with every prunable group at its smallest allowed count under `round_to`.
+
+    Needs no scores: `prune` and `dopant prune` run it before any data is read or saliency
+    computed; `select_channels` runs it too. `layers` as `select_channels` takes them.
+    """
+    target = Target.parse(target)
+    check_round_to(round_to)
+    cost = _Cost(layers, target.metric)
+    if cost.full == 0:
+        raise InputError(f"the network has no {target.what}; nothing can be pruned.")
+    for group in groups:
+        if group.prunable:
+            cost.remove(group, group.size - allowed_counts(group.size, round_to)[0])
+    most = cost.removed()
+    if most >= target.fraction:
+        return target
+    floor = "one channel" if round_to == 1 else f"{round_to} channels (round_to)"
+    if most <= 0:
+        raise InputError(
+            f"the network has no channel it can lose (no prunable group above {floor}), so "
+            f"{target} cannot be met."
+        )
+    # What the user can ask for: `most` floored to 3 decimals, or 3 significant digits below.
+    places = max(3, 2 - math.floor(math.log10(most)))
+    reach = math.floor(most * 10**places) / 10**places
+    raise InputError(
+        f"pruning target {target} would empty a group: with every prunable group down to "
+        f"{floor} the network loses at most {reach:.{places - 2}%} of its {target.what}; ask "
+        f"for at most {target.metric}={reach:g}."
+    )
+
+
 def select_channels(
     groups: Sequence[Group],
     scores: Mapping[str, np.ndarray],
@@ -163,13 +203,11 @@ def select_channels(
     that is not METRIC=FRACTION text or a Target, `round_to` not a positive int, and a target
     that cannot be met without emptying a group.
     """
-    target = Target.parse(target)
-    check_round_to(round_to)
+    target = check_reachable(groups, layers, target, round_to=round_to)
     prunable = [g for g in groups if g.prunable]
     orders = {g.id: _ascending(g, scores) for g in prunable}
     _check_extra(groups, scores)
     counts = {g.id: allowed_counts(g.size, round_to) for g in prunable}
-    _check_reachable(prunable, counts, _Cost(layers, target.metric), target, round_to)
     cost = _Cost(layers, target.metric)
 
     kept = {g.id: g.size for g in prunable}
@@ -249,35 +287,3 @@ def _check_extra(groups: Sequence[Group], scores: Mapping[str, np.ndarray]) -> N
             raise InputError(
                 f"the scores rank group '{group_id}', which cannot be pruned ({group.reason})."
             )
-
-
-def _check_reachable(
-    prunable: Sequence[Group],
-    counts: Mapping[str, list[int]],
-    cost: _Cost,
-    target: Target,
-    round_to: int,
-) -> None:
-    """InputError unless the target is met with every group at its smallest allowed count
-    (`cost` at full width, spent here)."""
-    if cost.full == 0:
-        raise InputError(f"the network has no {target.what}; nothing can be pruned.")
-    for group in prunable:
-        cost.remove(group, group.size - counts[group.id][0])
-    most = cost.removed()
-    if most >= target.fraction:
-        return
-    floor = "one channel" if round_to == 1 else f"{round_to} channels (round_to)"
-    if most <= 0:
-        raise InputError(
-            f"the network has no channel it can lose (no prunable group above {floor}), so "
-            f"{target} cannot be met."
-        )
-    # What the user can ask for: `most` floored to 3 decimals, or 3 significant digits below.
-    places = max(3, 2 - math.floor(math.log10(most)))
-    reach = math.floor(most * 10**places) / 10**places
-    raise InputError(
-        f"pruning target {target} would empty a group: with every prunable group down to "
-        f"{floor} the network loses at most {reach:.{places - 2}%} of its {target.what}; ask "
-        f"for at most {target.metric}={reach:g}."
-    )

@@ -107,10 +107,24 @@ def test_model_groups_and_saliency_are_import_groups_scores(
         np.testing.assert_array_equal(ours[key], theirs[key])
 
 
+def unread() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches that fail the test if read: a generator raises when iterated, not when made."""
+    raise AssertionError("the batches were read")
+    yield
+
+
+def test_a_target_out_of_reach_fails_before_the_batches_are_read(
+    data: tuple[nn.Module, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]],
+) -> None:
+    model, example, _ = data
+    # Both groups down to one channel: 1 - 1875/34584 = 0.94578, floored to 0.945.
+    assert (hand_macs(1, 1), hand_macs(6, 8)) == (1875, 34584)
+    with pytest.raises(InputError, match=r"would empty a group: .* at most 94\.5%.*macs=0\.945\."):
+        prune(model, example, unread(), "sosp-h", "macs=0.95")
+
+
 def test_a_bad_target_or_round_to_fails_before_any_work() -> None:
-    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        raise AssertionError("the batches were read")
-        yield  # a generator: raises when read, not when made
+    batches = unread
 
     model = Net()  # not even an example input that fits: nothing is imported
     with pytest.raises(InputError, match=r"pruning target 0\.5 is a float, not METRIC=FRACTION"):
