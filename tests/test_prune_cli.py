@@ -234,7 +234,19 @@ def _error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["--method", "sosp-h", "--target", "macs=0.5"], "needs labelled data"),
         (["--method", "magnitude"], "say how much to prune"),
         (["--method", "magnitude", "--target", "macs=0.5", "--round-to", "0"], "--round-to must"),
-        (["--plan", "plan.json", "--target", "macs=0.5"], "--target go with --method"),
+        (["--plan", "plan.json", "--target", "macs=0.5"], "--target goes with --method"),
+        # Given at their defaults, still refused: --plan would ignore them.
+        (["--plan", "plan.json", "--round-to", "1"], "--round-to goes with --method"),
+        (["--plan", "plan.json", "--hessian", "exact"], "--hessian goes with --method"),
+        (["--plan", "plan.json", "--calibration", "sample"], "--calibration goes with --method"),
+        (["--plan", "plan.json", "--batches", "0"], "--batches goes with --method"),
+        (["--plan", "plan.json", "--batch-size", "64"], "--batch-size goes with --method"),
+        (["--plan", "plan.json", "--mean", "0.5"], "--mean goes with --method"),
+        (
+            ["--plan", "plan.json", "--hessian", "gauss-newton", "--batches", "2", "--std", "1"],
+            r"^dopant: error: --hessian, --batches and --std go with --method \(a saliency "
+            r"prune\), not with --plan, which already says which channels to keep\.$",
+        ),
         (
             ["--target", "macs=0.5", "-o", "no/such/folder/p.mlir"],
             "folder 'no/such/folder' does not exist",
@@ -245,7 +257,7 @@ def test_bad_options_fail_in_one_line_before_work(
     net: dict[str, object], capsys: pytest.CaptureFixture[str], options: list[str], message: str
 ) -> None:
     err = _error(["prune", str(net["ref"]), "--input-shape", "1,1,28,28", *options], capsys)
-    assert re.search(message, err), err
+    assert re.search(message, err, re.MULTILINE), err
 
 
 def test_a_target_that_would_empty_a_group(
