@@ -40,6 +40,14 @@ if TYPE_CHECKING:
     from dopant.passes._prune_channels.plan import PruningPlan
 
 METHODS = ("magnitude", "taylor", "sosp-h", "sosp-i")
+# The options of a saliency prune, refused with --plan (so they default to None: None is "not
+# given"), and the defaults they then take.
+SALIENCY_OPTIONS = (
+    *(("--target", "target"), ("--round-to", "round_to"), ("--hessian", "hessian")),
+    *(("--calibration", "calibration"), ("--batches", "batches"), ("--batch-size", "batch_size")),
+    *(("--mean", "mean"), ("--std", "std")),
+)
+DEFAULTS = {"round_to": 1, "hessian": "exact", "batches": 0, "batch_size": 64}
 MODEL_HELP = "zoo:NAME, path/to/file.py:factory, or a .mlir file (- for standard input)"
 
 
@@ -71,6 +79,18 @@ def _check_prune_options(args: argparse.Namespace) -> Target | None:
     check_model_arguments(args)  # -o, --input-shape, --weights
     if args.plan_out:
         check_writable(args.plan_out)
+    if args.plan:
+        given = [option for option, name in SALIENCY_OPTIONS if getattr(args, name) is not None]
+        if given:
+            listed = given[0] if len(given) == 1 else f"{', '.join(given[:-1])} and {given[-1]}"
+            raise InputError(
+                f"{listed} {'goes' if len(given) == 1 else 'go'} with --method (a saliency "
+                "prune), not with --plan, which already says which channels to keep."
+            )
+        return None
+    for _, name in SALIENCY_OPTIONS:  # given by the user or not: now their defaults
+        if getattr(args, name) is None:
+            setattr(args, name, DEFAULTS.get(name))
     if args.round_to < 1:
         raise InputError(f"--round-to must be 1 (no rounding) or more, got {args.round_to}.")
     if args.batches < 0 or args.batch_size < 1:
@@ -78,14 +98,6 @@ def _check_prune_options(args: argparse.Namespace) -> Target | None:
             f"--batches must be 0 (all) or more and --batch-size at least 1, got "
             f"{args.batches} and {args.batch_size}."
         )
-    if args.plan:
-        given = [o for o, v in (("--target", args.target), ("--round-to", args.round_to > 1)) if v]
-        if given:
-            raise InputError(
-                f"{' and '.join(given)} go with --method (a saliency prune), not with --plan, "
-                "which already says which channels to keep."
-            )
-        return None
     method = args.method or "sosp-h"
     if _is_ir(args):
         raise InputError(
@@ -136,24 +148,46 @@ def _batches(
 
 
 def _saliency_plan(args: argparse.Namespace, target: Target) -> tuple[ModuleOp, PruningPlan]:
-    """The imported model and the plan that meets `target` by `args.method`'s saliency."""
+    """The imported model and the plan that meets `target` by `args.method`'s saliency; a
+    target out of reach and sosp-i over too many channels fail before the data is read."""
     from dopant.codesign.scores import group_saliency
-    from dopant.codesign.select import plan_for
+    from dopant.codesign.select import check_reachable, plan_for
+    from dopant.dialects.qnn.base import forward
+    from dopant.passes._prune_channels.costs import layer_shapes
     from dopant.passes._prune_channels.groups import coupling_groups
 
     method = args.method or "sosp-h"
     loaded = loaded_model(args)
     module = imported_module(args, loaded)
+    groups = coupling_groups(module)
+    check_reachable(
+        groups, layer_shapes(forward(module, "to prune")), target, round_to=args.round_to
+    )
+    if method == "sosp-i":
+        _check_sosp_i(sum(g.size for g in groups if g.prunable))
     batches = list(_batches(args, module)) if args.calibration else []
     scores = group_saliency(
         loaded.model,
-        coupling_groups(module),
+        groups,
         batches,
         method,
         hessian=args.hessian,
         progress=shows_progress(args),
     )
     return module, plan_for(module, scores, target, round_to=args.round_to)
+
+
+def _check_sosp_i(structures: int) -> None:
+    """What `group_saliency` refuses for sosp-i, said before the calibration data is loaded."""
+    from dopant.codesign.scores import MAX_STRUCTURES, sosp_i_mib
+    from dopant.support.errors import InputError
+
+    if structures > MAX_STRUCTURES:
+        raise InputError(
+            f"--method sosp-i keeps an S×S matrix over the S = {structures} prunable channels "
+            f"of this network, about {sosp_i_mib(structures):.0f} MiB (it takes at most "
+            f"{MAX_STRUCTURES} channels); use --method sosp-h."
+        )
 
 
 def _cmd_prune(args: argparse.Namespace) -> None:
@@ -217,14 +251,12 @@ def register(command: Command) -> None:
     p.add_argument(
         "--round-to",
         type=int,
-        default=1,
         metavar="N",
         help="keep channel counts at multiples of N (e.g. the array width) where a group has "
         "N or more channels",
     )
     p.add_argument(
         "--hessian",
-        default="exact",
         choices=("exact", "gauss-newton"),
         help="the curvature sosp-h uses (default exact)",
     )
@@ -233,8 +265,8 @@ def register(command: Command) -> None:
         metavar="SPEC",
         help=f"labelled data for the saliency: {SPEC_HELP}",
     )
-    p.add_argument("--batches", type=int, default=0, help="use only the first N batches (0: all)")
-    p.add_argument("--batch-size", type=int, default=64, help="samples per batch (default 64)")
+    p.add_argument("--batches", type=int, help="use only the first N batches (default 0: all)")
+    p.add_argument("--batch-size", type=int, help="samples per batch (default 64)")
     add_data_options(p)
     p.add_argument("--plan-out", metavar="FILE", help="save the plan as JSON")
     p.add_argument("-o", "--output", help="pruned .mlir file (default: standard output)")

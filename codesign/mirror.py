@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dopant.passes._prune_channels.groups import Dim
+from dopant.passes._prune_channels.groups import Dim, Member
 from dopant.passes._prune_channels.plan import PruningPlan
 from dopant.support.errors import InputError
 
@@ -63,7 +63,8 @@ def prune_module(
     Parameters become new `nn.Parameter`s (same `requires_grad`), so build the optimizer after
     pruning. Everything is checked before any module changes: a member path the model does not
     have, a module of another type (or of a type the mirror does not slice), an index out of a
-    layer's range or a grouped conv cut unevenly raises `InputError` naming the module.
+    layer's range (negative ones too), an index listed twice (by one member or two groups) or
+    a grouped conv cut unevenly raises `InputError` naming the module.
 
     The plan must list every layer whose width it changes: a plan made from IR whose batch
     norms were folded (`fold-batchnorm`) does not list them, and the torch batch norms keep
@@ -79,11 +80,16 @@ def prune_module(
         return model
     try:
         _check_forward(model, example_inputs)
-    except InputError:
+    except Exception as error:  # whatever the user's forward raises: put the model back
         for cut, state in zip(cuts, before, strict=True):
             for name, value in state.items():
                 setattr(cut.module, name, value)
-        raise
+        raise InputError(
+            f"the pruned model fails on the example inputs ({type(error).__name__}: {error}), "
+            "so the model was left unpruned: a layer whose width the plan changes is missing "
+            "from the plan (a plan made from IR with folded batch norms does not list them: "
+            "make the plan before fold-batchnorm), or the forward depends on a width."
+        ) from error
     return model
 
 
@@ -91,6 +97,7 @@ def _cuts(model: nn.Module, plan: PruningPlan) -> list[_Cut]:
     """For each member module, the indices each dimension keeps (checked against the model)."""
     removed: dict[str, dict[Dim, set[int]]] = defaultdict(lambda: defaultdict(set))
     modules: dict[str, nn.Module] = {}
+    owners: dict[tuple[str, Dim], dict[int, str]] = defaultdict(dict)
     for group in plan.groups:
         gone = _removed_rows(group.id, group.size, group.keep)
         for member in group.members:
@@ -107,24 +114,48 @@ def _cuts(model: nn.Module, plan: PruningPlan) -> list[_Cut]:
                 raise InputError(
                     f"{where} lists {member.channels.shape[0]} rows, not one per channel."
                 )
+            _check_channels(member, _width(module, member.dim), where)
+            _claim(owners[(member.path, member.dim)], member, group.id, where)
             removed[member.path][member.dim].update(member.channels[gone].ravel().tolist())
     cuts = []
     for path, cut_dims in removed.items():
         module = modules[path]
         keep = {dim: np.arange(_width(module, dim)) for dim in _kind(module, path, path)[1]}
         for dim, indices in cut_dims.items():
-            width = _width(module, dim)
-            if indices and max(indices) >= width:
-                raise InputError(
-                    f"the plan removes {dim} index {max(indices)} of '{path}', which has "
-                    f"{width}; was the plan made for another network?"
-                )
-            keep[dim] = np.setdiff1d(np.arange(width), sorted(indices))
+            keep[dim] = np.setdiff1d(np.arange(_width(module, dim)), sorted(indices))
         cut = _Cut(path, module, keep)
         if isinstance(module, nn.Conv2d) and module.groups > 1:
             _check_groups(cut, module)
         cuts.append(cut)
     return cuts
+
+
+def _check_channels(member: Member, width: int, where: str) -> None:
+    """InputError unless `member`'s indices lie in [0, width), each once."""
+    flat = member.channels.ravel()
+    outside = flat[(flat < 0) | (flat >= width)]
+    if outside.size:
+        raise InputError(
+            f"{where} lists index {int(outside[0])}, outside the {width} of '{member.path}' "
+            f"(0..{width - 1}); was the plan made for another network?"
+        )
+    values, counts = np.unique(flat, return_counts=True)
+    if np.any(counts > 1):
+        raise InputError(
+            f"{where} lists index {int(values[counts > 1][0])} of '{member.path}' twice; a "
+            "layer index belongs to one group channel."
+        )
+
+
+def _claim(owner: dict[int, str], member: Member, group_id: str, where: str) -> None:
+    """Record that `group_id` owns `member`'s indices; InputError if another group does."""
+    for index in member.channels.ravel().tolist():
+        other = owner.setdefault(index, group_id)
+        if other != group_id:
+            raise InputError(
+                f"{where} lists index {index} of '{member.path}' ({member.dim}), which group "
+                f"'{other}' lists too; a layer index belongs to one group."
+            )
 
 
 def _removed_rows(group_id: str, size: int, keep: Sequence[int]) -> np.ndarray:
@@ -240,13 +271,6 @@ def _check_forward(model: nn.Module, example_inputs: torch.Tensor | Sequence[tor
     try:
         with torch.no_grad():
             model(*inputs)
-    except RuntimeError as error:
-        raise InputError(
-            f"the pruned model fails on the example inputs ({error}), so the model was left "
-            "unpruned: a layer whose width the plan changes is missing from the plan (a plan "
-            "made from IR with folded batch norms does not list them: make the plan before "
-            "fold-batchnorm)."
-        ) from error
     finally:
         for module, training in modes.items():
             module.training = training

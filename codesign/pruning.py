@@ -23,14 +23,13 @@ from xdsl.dialects.builtin import ModuleOp
 
 from dopant.codesign.mirror import prune_module
 from dopant.codesign.scores import group_saliency
-from dopant.codesign.select import Target, plan_for
+from dopant.codesign.select import Target, check_reachable, check_round_to, plan_for
 from dopant.compiler.frontend import import_model
 from dopant.dialects.qnn.base import forward
 from dopant.passes._prune_channels.costs import layer_shapes, totals
 from dopant.passes._prune_channels.groups import coupling_groups
 from dopant.passes._prune_channels.plan import PruningPlan
 from dopant.passes.prune_channels import prune as prune_ir
-from dopant.support.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -88,13 +87,14 @@ def prune(
     sosp-i; `loss` and `hessian` as `codesign.scores.group_saliency` takes them); `round_to`
     keeps channel counts at multiples of it where a group allows (`codesign.select`).
     InputError for a bad target or `round_to` (before any work), a target that would empty a
-    group (naming the largest reachable fraction), and what the saliency rejects.
+    group (naming the largest reachable fraction; before `batches` is read), and what the
+    saliency rejects.
     """
     goal = Target.parse(target)
-    if round_to < 1:
-        raise InputError(f"round_to must be 1 (no rounding) or more, got {round_to}.")
+    check_round_to(round_to)
     module = import_model(model, example_inputs)
     groups = coupling_groups(module)
+    check_reachable(groups, layer_shapes(forward(module, "to prune")), goal, round_to=round_to)
     scores = group_saliency(
         model, groups, batches, method, loss, hessian=hessian, progress=progress
     )

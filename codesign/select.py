@@ -53,6 +53,11 @@ class Target:
         """'macs=0.5' (half the MACs removed) or 'params=0.3'; a Target is returned as is."""
         if isinstance(text, Target):
             return Target.checked(text.metric, text.fraction)
+        if not isinstance(text, str):
+            raise InputError(
+                f"pruning target {text!r} is a {type(text).__name__}, not METRIC=FRACTION text; "
+                'write e.g. target="macs=0.5" (remove half the MACs).'
+            )
         name, sep, value = text.partition("=")
         name = name.strip().lower()
         if not sep or name not in METRICS:
@@ -87,6 +92,12 @@ class Target:
     def what(self) -> str:
         """'MACs' or 'parameters', for messages and tables."""
         return _METRIC_NAMES[self.metric]
+
+
+def check_round_to(round_to: int) -> None:
+    """InputError unless `round_to` is an integer (not a bool) of at least 1."""
+    if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
+        raise InputError(f"round_to must be a positive integer (1: no rounding), not {round_to!r}.")
 
 
 def allowed_counts(size: int, round_to: int) -> list[int]:
@@ -134,6 +145,46 @@ class _Cost:
         return 1.0 - self.now / self.full
 
 
+def check_reachable(
+    groups: Sequence[Group],
+    layers: Sequence[LayerShape],
+    target: Target | str,
+    *,
+    round_to: int = 1,
+) -> Target:
+    """The parsed target, or InputError (naming the largest reachable fraction) unless it is
+    met with every prunable group at its smallest allowed count under `round_to`.
+
+    Needs no scores: `prune` and `dopant prune` run it before any data is read or saliency
+    computed; `select_channels` runs it too. `layers` as `select_channels` takes them.
+    """
+    target = Target.parse(target)
+    check_round_to(round_to)
+    cost = _Cost(layers, target.metric)
+    if cost.full == 0:
+        raise InputError(f"the network has no {target.what}; nothing can be pruned.")
+    for group in groups:
+        if group.prunable:
+            cost.remove(group, group.size - allowed_counts(group.size, round_to)[0])
+    most = cost.removed()
+    if most >= target.fraction:
+        return target
+    floor = "one channel" if round_to == 1 else f"{round_to} channels (round_to)"
+    if most <= 0:
+        raise InputError(
+            f"the network has no channel it can lose (no prunable group above {floor}), so "
+            f"{target} cannot be met."
+        )
+    # What the user can ask for: `most` floored to 3 decimals, or 3 significant digits below.
+    places = max(3, 2 - math.floor(math.log10(most)))
+    reach = math.floor(most * 10**places) / 10**places
+    raise InputError(
+        f"pruning target {target} would empty a group: with every prunable group down to "
+        f"{floor} the network loses at most {reach:.{places - 2}%} of its {target.what}; ask "
+        f"for at most {target.metric}={reach:g}."
+    )
+
+
 def select_channels(
     groups: Sequence[Group],
     scores: Mapping[str, np.ndarray],
@@ -148,17 +199,15 @@ def select_channels(
     `scores[id]` holds one score per channel of each prunable group (higher: more salient);
     `layers` are the network's layer shapes (`costs.layer_shapes` of its `@forward`). Ties go
     to the group first in `groups`, then to the lower channel index. InputError for a missing,
-    misshapen or non-finite score, a score for a group that is not prunable here, `round_to`
-    below 1, and a target that cannot be met without emptying a group.
+    misshapen or non-finite score, a score for a group that is not prunable here, a target
+    that is not METRIC=FRACTION text or a Target, `round_to` not a positive int, and a target
+    that cannot be met without emptying a group.
     """
-    target = Target.parse(target)
-    if round_to < 1:
-        raise InputError(f"round_to must be 1 (no rounding) or more, got {round_to}.")
+    target = check_reachable(groups, layers, target, round_to=round_to)
     prunable = [g for g in groups if g.prunable]
     orders = {g.id: _ascending(g, scores) for g in prunable}
     _check_extra(groups, scores)
     counts = {g.id: allowed_counts(g.size, round_to) for g in prunable}
-    _check_reachable(prunable, counts, _Cost(layers, target.metric), target, round_to)
     cost = _Cost(layers, target.metric)
 
     kept = {g.id: g.size for g in prunable}
@@ -238,32 +287,3 @@ def _check_extra(groups: Sequence[Group], scores: Mapping[str, np.ndarray]) -> N
             raise InputError(
                 f"the scores rank group '{group_id}', which cannot be pruned ({group.reason})."
             )
-
-
-def _check_reachable(
-    prunable: Sequence[Group],
-    counts: Mapping[str, list[int]],
-    cost: _Cost,
-    target: Target,
-    round_to: int,
-) -> None:
-    """InputError unless the target is met with every group at its smallest allowed count
-    (`cost` at full width, spent here)."""
-    if cost.full == 0:
-        raise InputError(f"the network has no {target.what}; nothing can be pruned.")
-    for group in prunable:
-        cost.remove(group, group.size - counts[group.id][0])
-    reach = math.floor(cost.removed() * 1000) / 1000  # what the user can ask for
-    if cost.removed() >= target.fraction:
-        return
-    floor = "one channel" if round_to == 1 else f"{round_to} channels (round_to)"
-    if reach <= 0:
-        raise InputError(
-            f"the network has no channel it can lose (no prunable group above {floor}), so "
-            f"{target} cannot be met."
-        )
-    raise InputError(
-        f"pruning target {target} would empty a group: with every prunable group down to "
-        f"{floor} the network loses at most {reach:.1%} of its {target.what}; ask for at most "
-        f"{target.metric}={reach:g}."
-    )

@@ -5,6 +5,8 @@ the groups and the scores in one call."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,7 @@ from dopant.codesign.scores import group_saliency
 from dopant.compiler.frontend import import_model
 from dopant.passes._prune_channels.groups import coupling_groups
 from dopant.runtime.reference import run
+from dopant.support.errors import InputError
 
 
 class Net(nn.Module):
@@ -102,3 +105,29 @@ def test_model_groups_and_saliency_are_import_groups_scores(
     assert ours.keys() == theirs.keys() == {"conv1", "conv3"}
     for key in ours:
         np.testing.assert_array_equal(ours[key], theirs[key])
+
+
+def unread() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches that fail the test if read: a generator raises when iterated, not when made."""
+    raise AssertionError("the batches were read")
+    yield
+
+
+def test_a_target_out_of_reach_fails_before_the_batches_are_read(
+    data: tuple[nn.Module, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]],
+) -> None:
+    model, example, _ = data
+    # Both groups down to one channel: 1 - 1875/34584 = 0.94578, floored to 0.945.
+    assert (hand_macs(1, 1), hand_macs(6, 8)) == (1875, 34584)
+    with pytest.raises(InputError, match=r"would empty a group: .* at most 94\.5%.*macs=0\.945\."):
+        prune(model, example, unread(), "sosp-h", "macs=0.95")
+
+
+def test_a_bad_target_or_round_to_fails_before_any_work() -> None:
+    batches = unread
+
+    model = Net()  # not even an example input that fits: nothing is imported
+    with pytest.raises(InputError, match=r"pruning target 0\.5 is a float, not METRIC=FRACTION"):
+        prune(model, torch.zeros(1), batches(), target=0.5)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"round_to must be a positive integer .*, not 16\.0\."):
+        prune(model, torch.zeros(1), batches(), round_to=16.0)  # type: ignore[arg-type]

@@ -54,6 +54,11 @@ def build():
 
 def build_wide():
     return Net(8, 6)
+
+
+def build_broad():
+    """4097 hidden features on an input of 4: one more channel than sosp-i takes."""
+    return nn.Sequential(nn.Linear(4, 4097), nn.ReLU(), nn.Linear(4097, 10))
 '''
 
 
@@ -229,7 +234,19 @@ def _error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["--method", "sosp-h", "--target", "macs=0.5"], "needs labelled data"),
         (["--method", "magnitude"], "say how much to prune"),
         (["--method", "magnitude", "--target", "macs=0.5", "--round-to", "0"], "--round-to must"),
-        (["--plan", "plan.json", "--target", "macs=0.5"], "--target go with --method"),
+        (["--plan", "plan.json", "--target", "macs=0.5"], "--target goes with --method"),
+        # Given at their defaults, still refused: --plan would ignore them.
+        (["--plan", "plan.json", "--round-to", "1"], "--round-to goes with --method"),
+        (["--plan", "plan.json", "--hessian", "exact"], "--hessian goes with --method"),
+        (["--plan", "plan.json", "--calibration", "sample"], "--calibration goes with --method"),
+        (["--plan", "plan.json", "--batches", "0"], "--batches goes with --method"),
+        (["--plan", "plan.json", "--batch-size", "64"], "--batch-size goes with --method"),
+        (["--plan", "plan.json", "--mean", "0.5"], "--mean goes with --method"),
+        (
+            ["--plan", "plan.json", "--hessian", "gauss-newton", "--batches", "2", "--std", "1"],
+            r"^dopant: error: --hessian, --batches and --std go with --method \(a saliency "
+            r"prune\), not with --plan, which already says which channels to keep\.$",
+        ),
         (
             ["--target", "macs=0.5", "-o", "no/such/folder/p.mlir"],
             "folder 'no/such/folder' does not exist",
@@ -240,17 +257,38 @@ def test_bad_options_fail_in_one_line_before_work(
     net: dict[str, object], capsys: pytest.CaptureFixture[str], options: list[str], message: str
 ) -> None:
     err = _error(["prune", str(net["ref"]), "--input-shape", "1,1,28,28", *options], capsys)
-    assert re.search(message, err), err
+    assert re.search(message, err, re.MULTILINE), err
 
 
 def test_a_target_that_would_empty_a_group(
-    net: dict[str, object], capsys: pytest.CaptureFixture[str]
+    net: dict[str, object], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     reach = 1 - hand_macs(1, 1) / hand_macs(4, 6)  # every group down to one channel
     argv = ["prune", str(net["ref"]), "--input-shape", "1,1,28,28", "--method", "magnitude"]
     err = _error([*argv, "--target", "macs=0.99"], capsys)
     floor = np.floor(reach * 1000) / 1000
     assert f"at most {floor:.1%}" in err and f"macs={floor:g}" in err, err
+    # Said before the data is read: images without labels would fail to load for saliency.
+    np.save(tmp_path / "images.npy", np.zeros((4, 1, 28, 28), np.float32))
+    argv[-1] = "sosp-h"
+    err = _error(
+        [*argv, "--target", "macs=0.99", "--calibration", str(tmp_path / "images.npy")], capsys
+    )
+    assert "would empty a group: with every prunable group down to one channel" in err, err
+
+
+def test_sosp_i_over_too_many_channels_fails_before_the_data_is_read(
+    net: dict[str, object], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((4, 4), np.float32))  # no labels: would fail to load
+    ref = str(net["ref"]).replace(":build", ":build_broad")
+    argv = ["prune", ref, "--input-shape", "1,4", "--method", "sosp-i", "--target", "macs=0.5"]
+    err = _error([*argv, "--calibration", str(tmp_path / "x.npy")], capsys)
+    # 2 * 4097**2 float64 = 268566544 bytes = 256.1 MiB.
+    assert (
+        "--method sosp-i keeps an S×S matrix over the S = 4097 prunable channels of this "
+        "network, about 256 MiB (it takes at most 4096 channels); use --method sosp-h." in err
+    ), err
 
 
 def test_a_plan_for_another_network(

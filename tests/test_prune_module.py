@@ -9,7 +9,8 @@
   zoo model and for hypothesis-generated CNNs with residual adds, channel concatenation,
   depthwise and grouped convs.
 - Bad input: a plan for another network, a module the mirror cannot slice, a plan made from
-  folded IR; nothing changes when prune_module refuses.
+  folded IR, member indices outside a layer or listed twice; nothing changes when prune_module
+  refuses.
 
 "The same" is to 1e-5 of the output's largest magnitude: float32 sums in another order.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict, defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -414,3 +416,80 @@ def test_a_grouped_conv_cut_unevenly_is_refused() -> None:
     with pytest.raises(InputError, match=r"cuts the grouped conv '0' \(2 groups\) differently"):
         prune_module(model, plan)
     assert model[0].weight.shape == (8, 2, 3, 3)
+
+
+def _remapped(
+    plan: PruningPlan, path: str, indices: Callable[[np.ndarray], np.ndarray]
+) -> PruningPlan:
+    """`plan` with group conv1's member `path` listing `indices(its indices)` instead."""
+    groups = []
+    for g in plan.groups:
+        members = tuple(
+            Member(m.path, m.op, m.dim, indices(m.channels))
+            if g.id == "conv1" and m.path == path
+            else m
+            for m in g.members
+        )
+        groups.append(GroupPlan(g.id, g.size, g.keep, members))
+    return PruningPlan(tuple(groups))
+
+
+@pytest.mark.parametrize(
+    ("shift", "message"),
+    [
+        # conv2's "in" indices 0..5 moved down one: -1..4; conv1's "out" would lose 0, 3, 4
+        # and conv2's input -1, 2, 3 (numpy drops -1 unasked), a network that no longer fits.
+        (-1, r"member 'conv2' \(in\) lists index -1, outside the 6 of 'conv2' \(0..5\)"),
+        (1, r"member 'conv2' \(in\) lists index 6, outside the 6 of 'conv2' \(0..5\)"),
+    ],
+)
+def test_member_indices_outside_the_layer_are_refused(shift: int, message: str) -> None:
+    model = Small()
+    plan, _ = small_plan(model)
+    before = snapshot(model)
+    with pytest.raises(InputError, match=message):
+        prune_module(model, _remapped(plan, "conv2", lambda c: c + shift))
+    assert_unchanged(model, before)
+
+
+def test_member_indices_listed_twice_are_refused() -> None:
+    model = Small()
+    plan, _ = small_plan(model)
+    before = snapshot(model)
+    # conv1's group of 6 channels; conv2's input listed as 0, 0, 1, 1, 2, 2.
+    with pytest.raises(InputError, match=r"member 'conv2' \(in\) lists index 0 of 'conv2' twice"):
+        prune_module(model, _remapped(plan, "conv2", lambda c: c // 2))
+    assert_unchanged(model, before)
+    # Two groups listing the same index of one layer: conv2's group claims conv1's outputs too.
+    conv1_out = next(m for m in plan.groups[0].members if m.path == "conv1")
+    other = plan.groups[1]
+    extra = Member("conv1", "conv2d", "out", conv1_out.channels[: other.size])
+    clash = PruningPlan(
+        (plan.groups[0], GroupPlan(other.id, other.size, other.keep, (*other.members, extra)))
+    )
+    with pytest.raises(InputError, match=r"lists index 0 of 'conv1' \(out\), which group 'conv1'"):
+        prune_module(model, clash)
+    assert_unchanged(model, before)
+
+
+class PicksChannel(Small):
+    """Adds conv1's channel 5 to every channel: an IndexError in torch once conv1 keeps 3."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = x + x[:, 5, None]
+        return self.fc(torch.flatten(torch.relu(self.bn2(self.conv2(x))), 1))
+
+
+def test_any_error_of_the_forward_check_undoes_the_pruning() -> None:
+    plan, x = small_plan(Small())  # the same layers; the IR has no slice to import
+    model = PicksChannel()
+    want = torch_out(model, x)
+    before = snapshot(model)
+    with pytest.raises(
+        InputError, match=r"fails on the example inputs \(IndexError: index 5 is out of"
+    ) as e:
+        prune_module(model, plan, example_inputs=x)
+    assert isinstance(e.value.__cause__, IndexError)
+    assert_unchanged(model, before)
+    assert model.conv1.out_channels == 6 and np.array_equal(torch_out(model, x), want)

@@ -16,6 +16,7 @@ What is checked, for random scores and targets:
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -82,8 +83,8 @@ def branches_costs(kept: dict[str, int]) -> tuple[int, int]:
 Network = tuple[list[Group], list[LayerShape], dict[str, int]]
 
 
-def _network(model: nn.Module) -> Network:
-    module = import_model(model.eval(), torch.randn(1, 1, 6, 6))
+def _network(model: nn.Module, shape: tuple[int, ...] = (1, 1, 6, 6)) -> Network:
+    module = import_model(model.eval(), torch.randn(shape))
     groups = coupling_groups(module)
     sizes = {g.id: g.size for g in groups if g.prunable}
     return groups, layer_shapes(forward(module, "to test")), sizes
@@ -280,6 +281,35 @@ def test_an_unreachable_target_names_the_largest_fraction(residual: Network) -> 
         select_channels(groups, scores, "macs=0.91", layers=layers)
 
 
+class Bypass(nn.Module):
+    """out = big(x) + up(relu(down(x))) on 2000 features: one group, down's 2 channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.big = nn.Linear(2000, 2000)
+        self.down = nn.Linear(2000, 2)
+        self.up = nn.Linear(2, 2000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.big(x) + self.up(torch.relu(self.down(x)))
+
+
+def test_a_target_below_a_tenth_of_a_percent_of_reach() -> None:
+    """MACs 2000*2000 + 2*(2000*k) for k kept: 4008000 at k = 2, 4004000 at k = 1, so the
+    network loses at most 4000/4008000 = 0.0998% (0.000998004)."""
+    groups, layers, sizes = _network(Bypass(), (1, 2000))
+    assert sizes == {"down": 2}
+    scores = {"down": np.arange(2.0)}
+    assert select_channels(groups, scores, "macs=0.000998", layers=layers) == {"down": [1]}
+    with pytest.raises(
+        InputError,
+        match=r"pruning target macs=0\.001 would empty a group: with every prunable group down "
+        r"to one channel the network loses at most 0\.0998% of its MACs; ask for at most "
+        r"macs=0\.000998\.",
+    ):
+        select_channels(groups, scores, "macs=0.001", layers=layers)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -296,6 +326,16 @@ def test_an_unreachable_target_names_the_largest_fraction(residual: Network) -> 
 def test_bad_targets(text: str, message: str) -> None:
     with pytest.raises(InputError, match=message):
         Target.parse(text)
+
+
+@pytest.mark.parametrize("target", [0.5, ("macs", 0.5), None])
+def test_a_target_that_is_not_text(target: object) -> None:
+    with pytest.raises(
+        InputError,
+        match=rf"pruning target {re.escape(repr(target))} is a {type(target).__name__}, not "
+        r"METRIC=FRACTION text; write e\.g\. target=\"macs=0\.5\" \(remove half the MACs\)\.",
+    ):
+        Target.parse(target)  # type: ignore[arg-type]
 
 
 def test_targets_parse() -> None:
@@ -319,5 +359,9 @@ def test_bad_scores(residual: Network) -> None:
         select_channels(groups, {**good, "fc": np.ones(2)}, "macs=0.5", layers=layers)
     with pytest.raises(InputError, match="'conv9', which this network does not have"):
         select_channels(groups, {**good, "conv9": np.ones(2)}, "macs=0.5", layers=layers)
-    with pytest.raises(InputError, match="round_to must be 1"):
-        select_channels(groups, good, "macs=0.5", round_to=0, layers=layers)
+    for bad in (0, 16.0, True, "16"):
+        with pytest.raises(
+            InputError,
+            match=rf"round_to must be a positive integer \(1: no rounding\), not {re.escape(repr(bad))}\.",
+        ):
+            select_channels(groups, good, "macs=0.5", round_to=bad, layers=layers)  # type: ignore[arg-type]

@@ -36,6 +36,10 @@ PLAN_ATTR = "qnn.pruning_plan"
 # What `indent` spreads over lines and reads better on one: a list of integers, and an object
 # without nested objects or lists (a member). Module paths hold no whitespace to collapse.
 _FLAT = re.compile(r"\[[\s\d,-]*\]|\{[^{}\[\]]*\}")
+# A bound on a member's indices and on how many it holds, checked before a plan read from JSON
+# builds its arrays (at most 128 MiB of int64): no layer dimension comes near it (a flatten of
+# 2048 channels of 7x7 is 100352 features).
+MAX_INDICES = 2**24
 
 
 @dataclass(frozen=True)
@@ -120,10 +124,12 @@ class PruningPlan:
                 f"{source} is not a pruning plan: expected a JSON object with "
                 f'"format": "{FORMAT}" (written by `dopant prune --plan-out`).'
             )
-        if data.get("version") != VERSION:
+        version = data.get("version")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise InputError(f"{source}: 'version' must be the integer {VERSION}, not {version!r}.")
+        if version != VERSION:
             raise InputError(
-                f"{source} is a version {data.get('version')} plan; this dopant reads "
-                f"version {VERSION}."
+                f"{source} is a version {version} plan; this dopant reads version {VERSION}."
             )
         groups = _field(data, "groups", dict, source)
         return PruningPlan(
@@ -140,6 +146,11 @@ class PruningPlan:
                 text = handle.read()
         except OSError as error:
             raise InputError(f"cannot read the pruning plan '{path}': {error.strerror}.") from error
+        except UnicodeDecodeError as error:
+            raise InputError(
+                f"'{path}' is not a JSON pruning plan: byte {error.start} is not UTF-8 text; "
+                "give a plan.json written by `dopant prune --plan-out`."
+            ) from error
         return PruningPlan.from_json(text, path)
 
     def to_attr(self) -> DictionaryAttr:
@@ -253,11 +264,27 @@ def _kind_name(kind: type) -> str:
     return names[kind]
 
 
+def _integer(data: Mapping[str, Any], name: str, where: str, low: int, high: int) -> int:
+    """`data[name]`, an integer (not a bool) from `low` to `high`, else InputError."""
+    value = data.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InputError(
+            f"{where}: '{name}' must be an integer from {low} to {high}, not {value!r:.40}."
+        )
+    return value
+
+
 def _group_from_json(group_id: str, entry: Any, where: str) -> GroupPlan:
     if not isinstance(entry, dict):
         raise InputError(f"{where} must be an object with size, keep and members.")
-    size = _field(entry, "size", int, where)
+    size = _integer(entry, "size", where, 1, MAX_INDICES - 1)
     keep = _field(entry, "keep", list, where)
+    for i, index in enumerate(keep):
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise InputError(
+                f"{where}.keep[{i}] is {index!r:.40}; a kept channel is an integer (a channel "
+                "index)."
+            )
     members = tuple(
         _member_from_json(m, size, f"{where}.members[{i}]")
         for i, m in enumerate(_field(entry, "members", list, where))
@@ -266,6 +293,7 @@ def _group_from_json(group_id: str, entry: Any, where: str) -> GroupPlan:
 
 
 def _member_from_json(entry: Any, size: int, where: str) -> Member:
+    """A member; every number checked (module doc: MAX_INDICES) before an array is built."""
     if not isinstance(entry, dict):
         raise InputError(f"{where} must be an object with path, op, dim and indices.")
     path = _field(entry, "path", str, where)
@@ -274,12 +302,49 @@ def _member_from_json(entry: Any, size: int, where: str) -> Member:
     if dim not in DIMS:
         raise InputError(f"{where}: dim must be out, in or channel, not '{dim}'.")
     if "channels" in entry:
-        channels = np.asarray(_field(entry, "channels", list, where), dtype=np.int64)
-        if channels.ndim != 2 or channels.shape[0] != size:
-            raise InputError(f"{where}: channels must be {size} lists of equal length.")
-        return Member(path, op, dim, channels)
-    offset, per, stride, spacing = (
-        _field(entry, key, int, where) for key in ("offset", "per_channel", "stride", "spacing")
-    )
+        return Member(path, op, dim, _channels(_field(entry, "channels", list, where), size, where))
+    top = MAX_INDICES - 1
+    offset = _integer(entry, "offset", where, 0, top)
+    per = _integer(entry, "per_channel", where, 1, top)
+    stride, spacing = (_integer(entry, key, where, -top, top) for key in ("stride", "spacing"))
+    if size * per > top:
+        raise InputError(
+            f"{where} spans {size * per} indices ({size} channels of {per}); a member holds at "
+            f"most {top}."
+        )
+    corners = [offset + i * stride + j * spacing for i in (0, size - 1) for j in (0, per - 1)]
+    for index in (min(corners), max(corners)):
+        if not 0 <= index <= top:
+            raise InputError(
+                f"{where} reaches index {index} (offset {offset}, stride {stride}, spacing "
+                f"{spacing}); the indices must lie in 0..{top}."
+            )
     channels = offset + np.arange(size)[:, None] * stride + np.arange(per)[None, :] * spacing
     return Member(path, op, dim, channels.astype(np.int64))
+
+
+def _channels(rows: list[Any], size: int, where: str) -> np.ndarray:
+    """The spelled-out indices: `size` lists of equal length of indices in 0..MAX_INDICES-1."""
+    if len(rows) != size:
+        raise InputError(
+            f"{where}: 'channels' must hold one list per channel ({size}), not {len(rows)}."
+        )
+    for i, row in enumerate(rows):
+        if not isinstance(row, list):
+            raise InputError(f"{where}.channels[{i}] is {row!r:.40}; it must be a list of indices.")
+        if len(row) != len(rows[0]) or not row:
+            raise InputError(
+                f"{where}.channels[{i}] lists {len(row)} indices and channels[0] "
+                f"{len(rows[0])}; every channel lists the same number, at least one."
+            )
+        for j, index in enumerate(row):
+            if (
+                not isinstance(index, int)
+                or isinstance(index, bool)
+                or not 0 <= index < MAX_INDICES
+            ):
+                raise InputError(
+                    f"{where}.channels[{i}][{j}] is {index!r:.40}; an index is an integer from "
+                    f"0 to {MAX_INDICES - 1}."
+                )
+    return np.array(rows, dtype=np.int64)
