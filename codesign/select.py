@@ -3,7 +3,7 @@ its MACs or parameters, the lowest-saliency channels first.
 
 `select_channels(groups, scores, target, layers=...)` ranks the channels of every prunable
 coupling group by their raw score, one ranking across groups (scores must be comparable across
-groups, as `saliency.group_saliency` makes them), and removes the lowest-scored remaining
+groups, as `scores.group_saliency` makes them), and removes the lowest-scored remaining
 channel, one at a time, until the network's MACs (or parameters) have fallen by at least the
 target fraction. After each removal the cost is recounted exactly from the layer shapes
 (`passes._prune_channels.costs`), not from a per-channel figure: a group whose layers have both
