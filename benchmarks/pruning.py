@@ -193,8 +193,9 @@ def plot(rows: list[dict[str, str]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
-    models = sorted({r["model"] for r in rows})
+    models = list(dict.fromkeys(r["model"] for r in rows))  # in the order they ran
     fig, axes = plt.subplots(len(models), 2, figsize=(10, 3.6 * len(models)), squeeze=False)
     for ax_row, name in zip(axes, models, strict=True):
         mine = [r for r in rows if r["model"] == name]
@@ -209,6 +210,7 @@ def plot(rows: list[dict[str, str]], path: Path) -> None:
                 ax.plot(xs, ys, marker="o", label=method)
         for ax, label in zip(ax_row, ("MACs", "edge16 W8A8 cycles"), strict=True):
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # the minor labels overlap
             ax.set_xlabel(label)
             ax.set_ylabel("top-1 after fine-tune (%)")
             ax.set_title(name)
