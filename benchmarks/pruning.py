@@ -32,13 +32,14 @@ from torch import nn
 from trained import INPUT_SHAPE, trained
 
 from dopant.codesign import PruningPlan, group_saliency, prune_module, select_channels
+from dopant.codesign.pruning import Costs
 from dopant.compiler.driver import CANONICAL_PIPELINE, latency, quantize_network
 from dopant.compiler.frontend import import_model
 from dopant.compiler.models.datasets import Dataset, load_fashion_mnist, load_sample
 from dopant.compiler.models.train import accuracy, train
 from dopant.compiler.pipeline import run_pipeline
 from dopant.dialects.qnn.base import forward
-from dopant.passes._prune_channels.costs import layer_shapes, totals
+from dopant.passes._prune_channels.costs import layer_shapes
 from dopant.passes._prune_channels.groups import coupling_groups
 from dopant.support.errors import InputError
 
@@ -65,8 +66,8 @@ def cycles_w8a8(model: nn.Module, calibration: np.ndarray) -> int:
 
 
 def macs_params(model: nn.Module) -> tuple[int, int]:
-    module = import_model(model, torch.zeros(INPUT_SHAPE))
-    return totals(layer_shapes(forward(module, "to count")), {})
+    costs = Costs.of(import_model(model, torch.zeros(INPUT_SHAPE)))
+    return costs.macs, costs.params
 
 
 def finetuned(model: nn.Module, data: Dataset) -> nn.Module:

@@ -160,9 +160,8 @@ def _saliency_plan(args: argparse.Namespace, target: Target) -> tuple[ModuleOp, 
     loaded = loaded_model(args)
     module = imported_module(args, loaded)
     groups = coupling_groups(module)
-    check_reachable(
-        groups, layer_shapes(forward(module, "to prune")), target, round_to=args.round_to
-    )
+    layers = layer_shapes(forward(module, "to prune"))
+    check_reachable(groups, layers, target, round_to=args.round_to)
     if method == "sosp-i":
         _check_sosp_i(sum(g.size for g in groups if g.prunable))
     batches = list(_batches(args, module)) if args.calibration else []
@@ -174,7 +173,7 @@ def _saliency_plan(args: argparse.Namespace, target: Target) -> tuple[ModuleOp, 
         hessian=args.hessian,
         progress=shows_progress(args),
     )
-    return module, plan_for(module, scores, target, round_to=args.round_to)
+    return module, plan_for(groups, layers, scores, target, round_to=args.round_to)
 
 
 def _check_sosp_i(structures: int) -> None:

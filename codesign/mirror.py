@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from dopant.passes._prune_channels.groups import Dim, Member
-from dopant.passes._prune_channels.plan import PruningPlan
+from dopant.passes._prune_channels.plan import PruningPlan, check_kept
+from dopant.passes._prune_channels.slicing import conv_columns
 from dopant.support.errors import InputError
 
 # The module types the mirror slices, with the plan's op name and the dimensions it may cut.
@@ -159,15 +160,8 @@ def _claim(owner: dict[int, str], member: Member, group_id: str, where: str) -> 
 
 
 def _removed_rows(group_id: str, size: int, keep: Sequence[int]) -> np.ndarray:
-    where = f"the plan's group '{group_id}'"
-    if not keep:
-        raise InputError(f"{where} keeps no channel; every group must keep at least one.")
-    for index in keep:
-        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < size:
-            raise InputError(
-                f"{where} keeps {index!r}, which is not a channel index of its {size} channels."
-            )
-    return np.setdiff1d(np.arange(size), list(keep))
+    kept = check_kept(list(keep), size, f"the plan's group '{group_id}'")
+    return np.setdiff1d(np.arange(size), kept)
 
 
 def _module(model: nn.Module, path: str, where: str) -> nn.Module:
@@ -235,11 +229,9 @@ def _apply(cut: _Cut) -> None:
         module.num_features = len(rows)
         return
     columns = keep["in"]
-    if isinstance(module, nn.Conv2d) and module.groups > 1:
+    if isinstance(module, nn.Conv2d):
         per_in = module.in_channels // module.groups
-        columns = np.zeros(1, dtype=np.int64) if per_in == 1 else columns[columns < per_in]
-        if per_in == 1:
-            module.groups = len(keep["in"])
+        columns, module.groups = conv_columns(module.groups, per_in, keep["in"])
     _take(module, "weight", keep["out"], columns)
     _take(module, "bias", keep["out"], None)
     if isinstance(module, nn.Conv2d):

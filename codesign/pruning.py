@@ -94,12 +94,13 @@ def prune(
     check_round_to(round_to)
     module = import_model(model, example_inputs)
     groups = coupling_groups(module)
-    check_reachable(groups, layer_shapes(forward(module, "to prune")), goal, round_to=round_to)
+    layers = layer_shapes(forward(module, "to prune"))
+    check_reachable(groups, layers, goal, round_to=round_to)
     scores = group_saliency(
         model, groups, batches, method, loss, hessian=hessian, progress=progress
     )
-    plan = plan_for(module, scores, goal, round_to=round_to)
-    before = Costs.of(module)
+    plan = plan_for(groups, layers, scores, goal, round_to=round_to)
+    before = Costs(*totals(layers, {}))
     prune_ir(module, plan)
     pruned = copy.deepcopy(model)
     prune_module(pruned, plan, example_inputs=example_inputs)

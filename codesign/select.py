@@ -28,11 +28,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from xdsl.dialects.builtin import ModuleOp
 
-from dopant.dialects.qnn.base import forward
-from dopant.passes._prune_channels.costs import LayerShape, MemberKey, layer_shapes
-from dopant.passes._prune_channels.groups import Group, coupling_groups
+from dopant.passes._prune_channels.costs import LayerShape, MemberKey, full_widths
+from dopant.passes._prune_channels.groups import Group
 from dopant.passes._prune_channels.plan import PruningPlan
 from dopant.support.errors import InputError
 
@@ -112,17 +110,13 @@ class _Cost:
     """The network's cost in one metric as groups lose channels, recounted layer by layer.
 
     A dimension's width is its full width less what every group removed from it: groups side
-    by side in a concat share their consumer's input dimension, so one group's `widths` is not
-    the dimension's.
+    by side in a concat share their consumer's input dimension.
     """
 
     def __init__(self, layers: Sequence[LayerShape], metric: Metric) -> None:
         self.layers = list(layers)
         self.column = METRICS.index(metric)
-        self.widths: dict[MemberKey, int] = {}
-        for layer in self.layers:
-            for key in layer.keys:
-                self.widths[key] = layer.in_channels if key[1] == "in" else layer.out_channels
+        self.widths = full_widths(self.layers)
         self.per_layer = [layer.counts(self.widths)[self.column] for layer in self.layers]
         self.full = sum(self.per_layer)
         self.now = self.full
@@ -224,12 +218,16 @@ def select_channels(
 
 
 def plan_for(
-    module: ModuleOp, scores: Mapping[str, np.ndarray], target: Target | str, *, round_to: int = 1
+    groups: Sequence[Group],
+    layers: Sequence[LayerShape],
+    scores: Mapping[str, np.ndarray],
+    target: Target | str,
+    *,
+    round_to: int = 1,
 ) -> PruningPlan:
-    """The pruning plan that meets `target` on the network `module` holds (float or quantized
-    `qnn` IR), removing the channels `scores` rank lowest (`select_channels`)."""
-    groups = coupling_groups(module)
-    layers = layer_shapes(forward(module, "to prune"))
+    """The pruning plan that meets `target` on the network of `groups` and `layers` (its
+    coupling groups and layer shapes), removing the channels `scores` rank lowest
+    (`select_channels`)."""
     keep = select_channels(groups, scores, target, round_to=round_to, layers=layers)
     return PruningPlan.make(groups, keep)
 

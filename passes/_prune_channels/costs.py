@@ -6,7 +6,7 @@ biases, and a batch norm's scale and shift (its running statistics are buffers).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +36,12 @@ class LayerShape:
         if self.op == "batch_norm":
             return ((self.path, "channel"),)
         return ((self.path, "in"), (self.path, "out"))
+
+    def full_widths(self) -> dict[MemberKey, int]:
+        """Each of the layer's dimensions (`keys`) at its full width."""
+        if self.op == "batch_norm":
+            return {(self.path, "channel"): self.out_channels}
+        return {(self.path, "in"): self.in_channels, (self.path, "out"): self.out_channels}
 
     def counts(self, widths: Mapping[MemberKey, int]) -> tuple[int, int]:
         """(MACs, parameters) when the layer keeps `widths` channels (full width if absent)."""
@@ -79,6 +85,11 @@ def layer_shapes(fn: func.FuncOp) -> list[LayerShape]:
             pixels = int(np.prod(shape(op.output)[2:], dtype=np.int64))
             layers.append(LayerShape(op.path.data, "batch_norm", c, c, 1, 1, pixels, True))
     return layers
+
+
+def full_widths(layers: Sequence[LayerShape]) -> dict[MemberKey, int]:
+    """Every member dimension of `layers` at its full width."""
+    return {key: width for layer in layers for key, width in layer.full_widths().items()}
 
 
 def totals(layers: list[LayerShape], widths: Mapping[MemberKey, int]) -> tuple[int, int]:

@@ -22,7 +22,7 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import SSAValue
 
 from dopant.dialects.qnn import BatchNormOp, Conv2DOp, LinearOp
-from dopant.passes._prune_channels.costs import LayerShape, MemberKey, layer_shapes, totals
+from dopant.passes._prune_channels.costs import MemberKey, full_widths, layer_shapes, totals
 from dopant.passes._prune_channels.graph import ChannelGraph, channel_graph
 
 Dim = Literal["out", "in", "channel"]
@@ -170,6 +170,7 @@ def analyze(module: ModuleOp) -> Coupling:
     pinned = {int(unit[node]): reason for node, reason in g.pinned.items()}
     layers = layer_shapes(g.fn)
     full = totals(layers, {})
+    widths = full_widths(layers)
     groups: list[Group] = []
     group_units: dict[str, list[int]] = {}
     taken: set[str] = set()
@@ -193,7 +194,7 @@ def analyze(module: ModuleOp) -> Coupling:
             0,
             0,
         )
-        macs, params = totals(layers, _narrowed(draft, layers))
+        macs, params = totals(layers, _narrowed(draft, widths))
         groups.append(
             replace(draft, macs_per_channel=full[0] - macs, params_per_channel=full[1] - params)
         )
@@ -216,13 +217,6 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _narrowed(group: Group, layers: list[LayerShape]) -> dict[MemberKey, int]:
+def _narrowed(group: Group, full: Mapping[MemberKey, int]) -> dict[MemberKey, int]:
     """The widths of the layers this group touches when it loses one channel."""
-    full = {key: width for layer in layers for key, width in _full_widths(layer)}
-    return {key: full[key] - m.per_channel for m in group.members for key in [(m.path, m.dim)]}
-
-
-def _full_widths(layer: LayerShape) -> list[tuple[MemberKey, int]]:
-    if layer.op == "batch_norm":
-        return [((layer.path, "channel"), layer.out_channels)]
-    return [((layer.path, "in"), layer.in_channels), ((layer.path, "out"), layer.out_channels)]
+    return {(m.path, m.dim): full[(m.path, m.dim)] - m.per_channel for m in group.members}

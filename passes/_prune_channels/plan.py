@@ -181,27 +181,33 @@ def _check_ids(keep: Mapping[str, object], by_id: Mapping[str, Group], source: s
             )
 
 
-def _check_indices(group: Group, indices: list[int], where: str) -> tuple[int, ...]:
+def check_kept(indices: list[int], size: int, where: str) -> tuple[int, ...]:
+    """The kept channel indices of a group of `size`, sorted; InputError (naming `where`) for
+    none kept, one that is not an int, out of range or repeated."""
     if not indices:
         raise InputError(f"{where} keeps no channel; every group must keep at least one.")
     seen: set[int] = set()
     for index in indices:
         if not isinstance(index, int) or isinstance(index, bool):
             raise InputError(f"{where} keeps {index!r}, which is not a channel index.")
-        if not 0 <= index < group.size:
+        if not 0 <= index < size:
             raise InputError(
-                f"{where} keeps channel {index}, but the group has {group.size} channels "
-                f"(0..{group.size - 1})."
+                f"{where} keeps channel {index}, but the group has {size} channels (0..{size - 1})."
             )
         if index in seen:
             raise InputError(f"{where} keeps channel {index} twice.")
         seen.add(index)
-    if not group.prunable and len(seen) != group.size:
+    return tuple(sorted(seen))
+
+
+def _check_indices(group: Group, indices: list[int], where: str) -> tuple[int, ...]:
+    kept = check_kept(indices, group.size, where)
+    if not group.prunable and len(kept) != group.size:
         raise InputError(
             f"{where} removes channels, but the group cannot be pruned ({group.reason}); "
             "leave it out of the plan."
         )
-    return tuple(sorted(seen))
+    return kept
 
 
 def _check_members(planned: GroupPlan, group: Group, where: str) -> None:

@@ -65,18 +65,27 @@ def _narrowed(value: SSAValue, keep: np.ndarray) -> TensorType:
     return TensorType(ty.element_type, dims)
 
 
+def conv_columns(groups: int, per_in: int, keep_in: np.ndarray) -> tuple[np.ndarray, int]:
+    """The weight columns (axis 1) a conv of `groups` groups, `per_in` input channels each,
+    keeps when it keeps the input channels `keep_in`, and its new number of groups.
+
+    A depthwise conv (one input channel per group) keeps its one column and a group per kept
+    input; a grouped conv drops channel j of every group together (graph.py), so group 0 shows
+    which columns stay and the groups stay. The torch mirror slices by the same rule.
+    """
+    if groups == 1:
+        return keep_in, 1
+    if per_in == 1:
+        return np.zeros(1, dtype=np.int64), len(keep_in)
+    return keep_in[keep_in < per_in], groups
+
+
 def _slice_conv(op: Conv2DOp, kept: Kept) -> None:
     groups = op.groups.value.data
     keep_in, keep_out = kept[op.input], kept[op.output]
-    per_in = shape(op.weight)[1]
-    if groups == 1:
-        columns = keep_in
-    elif per_in == 1:
-        columns = np.zeros(1, dtype=np.int64)
-        op.properties["groups"] = IntegerAttr(len(keep_in), i64)
-    else:
-        # channel j of every group goes together (graph.py), so group 0 shows which stay
-        columns = keep_in[keep_in < per_in]
+    columns, new_groups = conv_columns(groups, shape(op.weight)[1], keep_in)
+    if new_groups != groups:
+        op.properties["groups"] = IntegerAttr(new_groups, i64)
     _slice_layer_constants(op, op.weight, op.bias, keep_out, columns)
 
 
