@@ -26,9 +26,15 @@ def removed_units(coupling: Coupling, plan: PruningPlan) -> set[int]:
     return removed
 
 
-def prune(module: ModuleOp, plan: PruningPlan, source: str = "the plan") -> None:
-    """Apply `plan` to `module` in place (checked against the module's groups first)."""
-    coupling = analyze(module)
+def prune(
+    module: ModuleOp,
+    plan: PruningPlan,
+    source: str = "the plan",
+    coupling: Coupling | None = None,
+) -> None:
+    """Apply `plan` to `module` in place (checked against the module's groups first);
+    `coupling` is `analyze(module)` when the caller has it already."""
+    coupling = coupling or analyze(module)
     plan.check(coupling.groups, source)
     removed = removed_units(coupling, plan)
     kept = {v: coupling.kept_channels(v, removed) for v in coupling.graph.base}
@@ -73,6 +79,7 @@ class PruneChannelsPass(ModulePass):
                 'prune-channels needs a plan: give prune-channels{plan="FILE.json"} or set the '
                 f"module attribute {PLAN_ATTR} = {{group = array<i64: kept channels>}}."
             )
-        plan = PruningPlan.from_attr(attr, analyze(op).groups)
-        prune(op, plan, f"the module attribute {PLAN_ATTR}")
+        coupling = analyze(op)
+        plan = PruningPlan.from_attr(attr, coupling.groups)
+        prune(op, plan, f"the module attribute {PLAN_ATTR}", coupling)
         del op.attributes[PLAN_ATTR]
