@@ -26,6 +26,8 @@ _EXPORTS = {
     "Target": "dopant.codesign.select",
     "select_channels": "dopant.codesign.select",
     "PruningPlan": "dopant.passes._prune_channels.plan",
+    "LatencyTable": "dopant.codesign.latency_table",
+    "TableRow": "dopant.codesign.latency_table",
 }
 
 __all__ = sorted(_EXPORTS)
