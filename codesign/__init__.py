@@ -26,6 +26,8 @@ _EXPORTS = {
     "Target": "dopant.codesign.select",
     "select_channels": "dopant.codesign.select",
     "PruningPlan": "dopant.passes._prune_channels.plan",
+    "bit_sensitivity": "dopant.codesign.sensitivity",
+    "Sensitivity": "dopant.codesign.sensitivity",
 }
 
 __all__ = sorted(_EXPORTS)
