@@ -12,14 +12,22 @@ activation it multiplies them with (`act[ℓ][b]`), on real data. Two methods:
   batch's samples. Each is the second-order change of the mean loss when the Hessian block is
   replaced by its average diagonal, so both are in loss units, like SOSP saliencies
   (`scores.group_saliency`), and may be added to them. The traces are Hutchinson estimates
-  (E[vᵀHv] = Tr(H) for Rademacher v) from Hessian-vector products (double backward): per
-  batch and probe, one Rademacher vector over all layers' weights and another over all their
-  inputs, 2 · `probes` products a batch. Layers share a vector (the cross blocks cancel in
-  expectation, as in PyHessian's per-layer trace), but weights and inputs do not: a layer's
-  weights and its input have large mixed derivatives (first-order terms), which on a small
-  conv net made a shared vector's input estimates ~7x noisier. `probes=0` computes the traces
-  exactly, one product per element (small layers only). An estimate can come out negative (a
-  Hessian that is not positive semi-definite, or noise); it is returned as is.
+  (E[vᵀAv] = Tr(A) for Rademacher v; `probes` vectors per batch, drawn from `seed`;
+  `probes=0` computes them exactly, small layers only), by `hessian`:
+  - `gauss-newton` (the default): of the Gauss-Newton blocks J_θᵀΛJ_θ (Λ the Hessian of the
+    loss w.r.t. the logits), one backward pass per probe with a logit-space vector, all
+    layers at once. On every network dopant compiles (piecewise linear in each single
+    tensor) these blocks *are* the Hessian's diagonal blocks, so the trace is HAWQ-V3's
+    Tr(H_ℓ); each layer's estimate sees only its own block and is never negative. On an
+    untrained ResNet-20 (256 random samples, probes 16) two seeds agreed to a median 2.6%
+    (weights) and 0.2% (inputs).
+  - `exact`: Hessian-vector products (double backward), one Rademacher vector over all
+    layers' weights and one over all their inputs per probe (2 · `probes` products a batch;
+    weights and inputs apart, since a layer's weights and its input have large mixed
+    derivatives). The off-diagonal blocks' first-order terms dominate the variance: on the
+    same ResNet-20 two seeds disagreed by a median 90% and 7 of 22 weight traces came out
+    negative, at 4-5x the time. Kept as the reference (and for networks with smooth
+    activations, where only it is Tr(H_ℓ)); a negative estimate is returned as is.
 - `output`: the measured error at the layer's output on the calibration data: Ω_w(ℓ, b) is
   the mean squared error of the layer's output with its weights at b bits (its input float),
   Ω_a(ℓ, b) with its input at b bits (its weights float). Not in loss units: comparable
@@ -51,7 +59,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from dopant.codesign._sensitivity.taps import Layer, Taps
-from dopant.codesign._sensitivity.traces import exact, hutchinson
+from dopant.codesign._sensitivity.traces import exact, gauss_newton, hutchinson, loss_factors
 from dopant.dialects.qnn.attrs import LAYER_WIDTHS
 from dopant.passes._quantize.numerics import activation_params, quantize_weight
 from dopant.passes.set_bits import check_bits
@@ -60,6 +68,7 @@ from dopant.support.errors import InputError
 from dopant.support.progress import progress as bar
 
 METHODS = ("hessian", "output")
+HESSIANS = ("exact", "gauss-newton")
 FORMAT = "dopant-bit-sensitivity"
 VERSION = 1
 Loss = Callable[[Tensor, Tensor], Tensor]
@@ -145,6 +154,7 @@ def bit_sensitivity(
     *,
     loss: Loss | None = None,
     probes: int = 16,
+    hessian: str = "gauss-newton",
     seed: int = 0,
     per_channel: bool = True,
     progress: bool = False,
@@ -155,14 +165,15 @@ def bit_sensitivity(
     `batches` yields (inputs, labels) pairs, read twice (the activation ranges first), so
     they are held in memory; inputs are cast to the model's float dtype. `loss(logits,
     labels)` must be the mean over the batch (default cross-entropy with class-index labels).
-    `probes` Rademacher vectors per batch for the weights and as many for the inputs estimate
-    the traces (`hessian`; 0: exact), drawn from `seed`. `progress` draws a bar on a terminal.
+    `probes` Rademacher vectors per batch estimate the traces of `method` "hessian" (0: exact),
+    drawn from `seed`, by the curvature `hessian` ("gauss-newton" or "exact", module doc).
+    `progress` draws a bar on a terminal.
 
-    Raises InputError for an unknown method, a path that is not a conv/linear layer of the
-    model (listing those it has), a layer that runs more than once per forward pass or not
-    at all, no batches or an empty one, negative `probes`, `probes=0` on more than MAX_EXACT
-    elements, and with the default loss a label outside 0 .. C-1; DopantError for a width
-    other than 2, 4 or 8.
+    Raises InputError for an unknown method or Hessian, a path that is not a conv/linear
+    layer of the model (listing those it has), a layer that runs more than once per forward
+    pass or not at all, no batches or an empty one, negative `probes`, `probes=0` on more
+    than MAX_EXACT elements (or logits), and with the default loss a label outside
+    0 .. C-1; DopantError for a width other than 2, 4 or 8.
     """
     if method not in METHODS:
         raise InputError(
@@ -171,6 +182,8 @@ def bit_sensitivity(
     for bits in widths:
         check_bits("widths", bits)
     widths = sorted(set(widths))
+    if hessian not in HESSIANS:
+        raise InputError(f"hessian '{hessian}' is not known; use one of {', '.join(HESSIANS)}.")
     if probes < 0:
         raise InputError(f"probes={probes} is negative; give a count (0: the exact trace).")
     modules = _layers(model, layers)
@@ -186,7 +199,7 @@ def bit_sensitivity(
         return Sensitivity(method, {}, {})
     with Taps(model, modules) as taps:
         ranges = _ranges(taps, model, data, loss is None)
-        run = _Run(taps, model, data, ranges, widths, per_channel, progress)
+        run = _Run(taps, model, data, ranges, widths, per_channel, progress, hessian)
         if method == "hessian":
             weight, act = _hessian(run, loss or F.cross_entropy, probes, seed)
         else:
@@ -255,6 +268,7 @@ class _Run:
     widths: list[int]
     per_channel: bool
     show: bool
+    hessian: str = "gauss-newton"
 
     def batches(self) -> Iterable[tuple[Tensor, Tensor]]:
         what = "bit sensitivity"
@@ -365,14 +379,17 @@ def _batch_traces(
         deltas[path] = torch.zeros_like(inp, requires_grad=True)
         return inp + deltas[path]
 
-    value = loss(run.taps.run(visit, lambda: functional_call(run.model, params, (x,))), y)
+    z = run.taps.run(visit, lambda: functional_call(run.model, params, (x,)))
     leaves = [*weights.values(), *(deltas[path] for path in layers)]
-    grads = torch.autograd.grad(value, leaves, create_graph=True, allow_unused=True)
     count = len(weights)
-    groups = [range(count), range(count, len(leaves))]  # weights apart from inputs (module doc)
-    traces = (
-        hutchinson(grads, leaves, probes, generator, groups) if probes else exact(grads, leaves)
-    )
+    if run.hessian == "gauss-newton":
+        traces = gauss_newton(z, loss_factors(loss, z, y), leaves, probes, generator)
+    else:
+        grads = torch.autograd.grad(loss(z, y), leaves, create_graph=True, allow_unused=True)
+        groups = [range(count), range(count, len(leaves))]  # weights apart from inputs
+        traces = (
+            hutchinson(grads, leaves, probes, generator, groups) if probes else exact(grads, leaves)
+        )
     by_path = dict(zip(layers, traces[:count], strict=True))
     inputs = {
         path: (tr, deltas[path].numel()) for path, tr in zip(layers, traces[count:], strict=True)

@@ -9,6 +9,7 @@ numpy from its definition (symmetric per-channel weights, zero-point-0 activatio
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.functional import hessian
 
+from dopant.codesign._sensitivity.traces import loss_factors
 from dopant.codesign.sensitivity import (
     Sensitivity,
     bit_sensitivity,
@@ -24,6 +26,16 @@ from dopant.codesign.sensitivity import (
     weight_error,
 )
 from dopant.support.errors import DopantError, InputError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from threads, and two intra-op threads on a busy two-core
+    machine (or beside another pytest worker) made these tests 5-20x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 class Tiny(nn.Module):
@@ -105,59 +117,92 @@ def test_activation_quantizer_by_hand() -> None:
     assert dequantized_activation(x, -1.0, 0.5, 4) == pytest.approx([-1, 4 / 7, 1 / 7])
 
 
-def explicit_loss(model: Tiny, x: Tensor, y: Tensor, sizes: list[int]):
-    """The loss as a function of one flat vector (conv weight, fc weight, perturbation of the
-    conv's input, perturbation of the fc's input), the forward pass written out again."""
+SIZES = [27, 192, 4 * 36, 4 * 48]  # conv weight, fc weight, the inputs of a batch of 4
+BLOCKS = [slice(e - n, e) for n, e in zip(SIZES, np.cumsum(SIZES), strict=True)]
+
+
+def explicit_logits(model: Tiny, x: Tensor):
+    """The logits as a function of one flat vector (conv weight, fc weight, perturbation of the
+    conv's input, perturbation of the fc's input), the forward pass written out again; and
+    that vector at the model's weights, no perturbation."""
     shapes = [model.conv.weight.shape, model.fc.weight.shape, x.shape, (len(x), 48)]
 
     def f(flat: Tensor) -> Tensor:
-        wc, wf, dx, dh = (p.view(s) for p, s in zip(torch.split(flat, sizes), shapes, strict=True))
+        wc, wf, dx, dh = (p.view(s) for p, s in zip(torch.split(flat, SIZES), shapes, strict=True))
         h = torch.relu(F.conv2d(x + dx, wc, model.conv.bias)).flatten(1) + dh
-        return F.cross_entropy(F.linear(h, wf, model.fc.bias), y)
+        return F.linear(h, wf, model.fc.bias)
 
     flat = torch.cat([model.conv.weight.flatten(), model.fc.weight.flatten()])
-    return f, torch.cat([flat, torch.zeros(sum(sizes[2:]), dtype=flat.dtype)]).detach()
+    return f, torch.cat([flat, torch.zeros(sum(SIZES[2:]), dtype=flat.dtype)]).detach()
+
+
+def estimated_traces(model: Tiny, x: Tensor, y: Tensor, got: Sensitivity) -> list[float]:
+    """The four traces a 4-bit result implies: cost = ½ (Tr / n) · ‖Q(·) − ·‖²."""
+    with torch.no_grad():
+        h = hidden(model, x)
+    wc, wf = model.conv.weight.detach().numpy(), model.fc.weight.detach().numpy()
+    errors = [
+        sq(np_weight(wc, 4), wc),
+        sq(np_weight(wf, 4), wf),
+        sq(np_act(x.numpy(), float(x.min()), float(x.max()), 4), x.numpy()),
+        sq(np_act(h.numpy(), 0.0, float(h.max()), 4), h.numpy()),
+    ]
+    costs = [got.weight["conv"][4], got.weight["fc"][4], got.act["conv"][4], got.act["fc"][4]]
+    return [2 * c * n / e for c, n, e in zip(costs, SIZES, errors, strict=True)]
+
+
+def off_diagonal_variance(m: Tensor) -> float:
+    """2 Σ_{j≠k} M_jk²: the variance of uᵀMu for a Rademacher u and a symmetric M."""
+    return 2 * float((m**2).sum() - (torch.diagonal(m) ** 2).sum())
 
 
 def test_hutchinson_agrees_with_the_exact_trace() -> None:
     model, (x, y) = tiny(), batch(4, 1)
-    sizes = [27, 192, x.numel(), 4 * 48]
-    f, at = explicit_loss(model, x, y, sizes)
-    h = hessian(f, at, vectorize=True)
-    ends = np.cumsum(sizes)
-    blocks = [slice(e - s, e) for s, e in zip(sizes, ends, strict=True)]
+    logits, at = explicit_logits(model, x)
+    h = hessian(lambda flat: F.cross_entropy(logits(flat), y), at, vectorize=True)
     probes = 150
-    got = bit_sensitivity(model, ["conv", "fc"], [(x, y)], [4], probes=probes)
-    with torch.no_grad():
-        h_fc = hidden(model, x)
-    errors = [
-        sq(np_weight(model.conv.weight.detach().numpy(), 4), model.conv.weight.detach().numpy()),
-        sq(np_weight(model.fc.weight.detach().numpy(), 4), model.fc.weight.detach().numpy()),
-        sq(np_act(x.numpy(), float(x.min()), float(x.max()), 4), x.numpy()),
-        sq(np_act(h_fc.numpy(), 0.0, float(h_fc.max()), 4), h_fc.numpy()),
-    ]
-    costs = [got.weight["conv"][4], got.weight["fc"][4], got.act["conv"][4], got.act["fc"][4]]
-    for i, (block, error, cost) in enumerate(zip(blocks, errors, costs, strict=True)):
+    got = bit_sensitivity(model, ["conv", "fc"], [(x, y)], [4], probes=probes, hessian="exact")
+    for i, estimate in enumerate(estimated_traces(model, x, y, got)):
+        block = BLOCKS[i]
         trace = float(torch.diagonal(h[block, block]).sum())
         # One Rademacher v per group (weights {0, 1}, inputs {2, 3}): Var(vᵀHv|_i) is
         # 2 Σ_{j≠k in i} H_jk² + Σ_{j in i, k in the group's other block} H_jk².
-        other = blocks[(i // 2) * 2 + 1 - i % 2]
-        within = h[block, block]
-        variance = 2 * float((within**2).sum() - (torch.diagonal(within) ** 2).sum())
-        variance += float((h[block, other] ** 2).sum())
-        factor = 0.5 * error / sizes[i]  # cost = ½ (Tr / n) · ‖Q(·) − ·‖²
+        other = BLOCKS[(i // 2) * 2 + 1 - i % 2]
+        variance = off_diagonal_variance(h[block, block]) + float((h[block, other] ** 2).sum())
         standard_error = math.sqrt(variance / probes)
-        print(f"block {i}: estimate {cost / factor:.4f}, trace {trace:.4f} ± {standard_error:.4f}")
-        assert abs(cost / factor - trace) <= 3 * standard_error
+        print(f"block {i}: estimate {estimate:.4f}, trace {trace:.4f} ± {standard_error:.4f}")
+        assert abs(estimate - trace) <= 3 * standard_error
         if i > 0:  # the check has teeth (a factor of 2 would fail it), except for the conv
             # weights, whose mixed derivatives with the fc weights dominate their variance
             assert 3 * standard_error < 0.5 * abs(trace)
 
 
-def test_exact_traces_over_batches_of_two_sizes() -> None:
+def test_gauss_newton_estimate_agrees_with_the_exact_trace() -> None:
+    model, (x, y) = tiny(), batch(4, 1)
+    logits, at = explicit_logits(model, x)
+    h = hessian(lambda flat: F.cross_entropy(logits(flat), y), at, vectorize=True)
+    jac = torch.autograd.functional.jacobian(logits, at, vectorize=True).reshape(16, -1)
+    factors = loss_factors(F.cross_entropy, logits(at), y)  # B_n B_nᵀ = Λ_n / N
+    b = torch.block_diag(*factors)
+    probes = 60
+    got = bit_sensitivity(model, ["conv", "fc"], [(x, y)], [4], probes=probes)
+    for i, estimate in enumerate(estimated_traces(model, x, y, got)):
+        block = BLOCKS[i]
+        trace = float(torch.diagonal(h[block, block]).sum())  # the Hessian's own block
+        # ‖J_iᵀ B u‖² = uᵀ M u with M = Bᵀ J_i J_iᵀ B: only the block's own Jacobian enters
+        m = b.T @ jac[:, block] @ jac[:, block].T @ b
+        assert float(torch.trace(m)) == pytest.approx(trace, rel=1e-9)  # GN block = H block
+        standard_error = math.sqrt(off_diagonal_variance(m) / probes)
+        print(f"block {i}: estimate {estimate:.4f}, trace {trace:.4f} ± {standard_error:.4f}")
+        assert abs(estimate - trace) <= 3 * standard_error
+        assert 3 * standard_error < 0.3 * trace  # tighter than `exact` with fewer probes
+
+
+@pytest.mark.parametrize("curvature", ["exact", "gauss-newton"])
+def test_exact_traces_over_batches_of_two_sizes(curvature: str) -> None:
     model = tiny()
     data = [batch(2, 2), batch(3, 3)]
-    got = bit_sensitivity(model, ["conv", "fc"], data, [2, 8], probes=0)
+    got = bit_sensitivity(model, ["conv", "fc"], data, [2, 8], probes=0, hessian=curvature)
     xs = torch.cat([x for x, _ in data])
     with torch.no_grad():
         hs = hidden(model, xs)
@@ -239,10 +284,13 @@ def trained() -> tuple[Tiny, list[tuple[Tensor, Tensor]]]:
     return model, [(x[:64], y[:64]), (x[64:], y[64:])]
 
 
-@pytest.mark.parametrize("method", ["hessian", "output"])
-def test_fewer_bits_cost_more(method: str, trained: tuple[Tiny, list]) -> None:
+@pytest.mark.parametrize(
+    ("method", "curvature"),
+    [("hessian", "gauss-newton"), ("hessian", "exact"), ("output", "gauss-newton")],
+)
+def test_fewer_bits_cost_more(method: str, curvature: str, trained: tuple[Tiny, list]) -> None:
     model, data = trained
-    got = bit_sensitivity(model, ["conv", "fc"], data, method=method)
+    got = bit_sensitivity(model, ["conv", "fc"], data, method=method, hessian=curvature)
     for table in (got.weight, got.act):
         for name in ("conv", "fc"):
             assert table[name][2] > table[name][4] > table[name][8] > 0, (method, name, table)
@@ -315,6 +363,8 @@ def test_bad_input() -> None:
         bit_sensitivity(model, ["fc"], [])
     with pytest.raises(InputError, match="method 'fisher' is not known"):
         bit_sensitivity(model, ["fc"], data, method="fisher")
+    with pytest.raises(InputError, match="hessian 'fisher' is not known"):
+        bit_sensitivity(model, ["fc"], data, hessian="fisher")
     with pytest.raises(InputError, match="probes=-1 is negative"):
         bit_sensitivity(model, ["fc"], data, probes=-1)
     with pytest.raises(InputError, match=r"label outside 0 \.\. 3"):
