@@ -28,6 +28,8 @@ _EXPORTS = {
     "PruningPlan": "dopant.passes._prune_channels.plan",
     "LatencyTable": "dopant.codesign.latency_table",
     "TableRow": "dopant.codesign.latency_table",
+    "bit_sensitivity": "dopant.codesign.sensitivity",
+    "Sensitivity": "dopant.codesign.sensitivity",
 }
 
 __all__ = sorted(_EXPORTS)

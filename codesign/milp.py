@@ -116,7 +116,8 @@ def solve(
     resource missing from `limits` is unconstrained but totalled). `time_limit` (seconds, none
     by default) bounds HiGHS's search.
 
-    Raises InputError for malformed choices, terms, limits or constants (module doc, `_check`),
+    Raises InputError for malformed choices, terms, limits or constants (none at all, a choice
+    without options or given twice, a term's unknown choice, wrong shape, NaN or -inf cost),
     `Infeasible` when no picks meet the limits (naming each limit that cannot be met and the
     least total reachable), and InputError when HiGHS stops at `time_limit` before proving
     an optimum."""
@@ -248,6 +249,8 @@ def _program(choices: Sequence[Choice], terms: Sequence[Term]) -> _Program:
 
 
 def _check_choices(choices: list[Choice]) -> tuple[dict[str, int], dict[str, int]]:
+    if not choices:
+        raise InputError("the selection has no choices to make; give at least one Choice.")
     offsets: dict[str, int] = {}
     sizes: dict[str, int] = {}
     for c in choices:

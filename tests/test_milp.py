@@ -167,6 +167,7 @@ def test_unused_resources_and_ties() -> None:
 @pytest.mark.parametrize(
     ("choices", "terms", "limits", "message"),
     [
+        ([], [], {}, "no choices to make"),
         ([Choice("a", ())], [], {}, "'a' has no options"),
         ([Choice("a", (1.0,)), Choice("a", (2.0,))], [], {}, "given twice"),
         ([Choice("a", (float("nan"),))], [], {}, "not a finite number"),

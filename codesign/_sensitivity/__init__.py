@@ -1,0 +1,1 @@
+"""Private helpers of `codesign.sensitivity`: hooks on the layers' inputs and Hessian traces."""
