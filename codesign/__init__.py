@@ -4,6 +4,11 @@ Structured pruning from Python:
 
     from dopant.codesign import prune, prune_module, saliency, model_groups, PruningPlan
 
+Under a latency budget measured on the machine:
+
+    from dopant.codesign import codesign, LatencyTable
+    result = codesign(model, x[:1], target="edge16", calibration=x, latency_budget="0.5x")
+
 `prune(model, example_inputs, batches, method="sosp-h", target="macs=0.5")` prunes a torch
 model globally to a target; `model_groups` lists its coupling groups, `saliency` scores their
 channels, `prune_module(model, plan)` applies a plan to a torch model in place. The names are
@@ -30,6 +35,12 @@ _EXPORTS = {
     "TableRow": "dopant.codesign.latency_table",
     "bit_sensitivity": "dopant.codesign.sensitivity",
     "Sensitivity": "dopant.codesign.sensitivity",
+    "codesign": "dopant.codesign.loop",
+    "InfeasibleBudget": "dopant.codesign.loop",
+    "CodesignResult": "dopant.codesign.result",
+    "Round": "dopant.codesign.result",
+    "LatencyBudget": "dopant.codesign.budget",
+    "BudgetProblem": "dopant.codesign.choose",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -2,9 +2,12 @@
 a shipped 1000-image test sample), imported, canonicalized, run on the reference interpreter
 against torch, then calibrated, quantized to integers and evaluated again; the W8A8 network is
 compiled for the edge16 accelerator, the test sample runs on the simulator (checked bit for bit
-against the integer reference) and the latency profile is printed. Finally the network is
-pruned to half its MACs by SOSP-H saliency, fine-tuned briefly on the shipped training images,
-compiled and simulated the same way, and compared with the dense one."""
+against the integer reference) and the latency profile is printed. Finally the co-design step:
+the network gets half the dense W8A8 latency on edge16 as its budget, and the loop chooses the
+channels each group keeps (SOSP-H saliency) and each layer's bit widths (HAWQ sensitivity)
+under it, measures every answer on the simulator's timing model until one lands within 2 % under
+the budget, fine-tunes the pruned model briefly on the shipped training images, compiles it,
+runs the test sample on the simulator the same way and compares it with the dense one."""
 
 from __future__ import annotations
 
@@ -17,7 +20,9 @@ import torch
 from threadpoolctl import threadpool_limits
 from xdsl.dialects.builtin import ModuleOp
 
-from dopant.codesign.pruning import Costs, prune
+from dopant.codesign.cli.loop import report_text
+from dopant.codesign.loop import codesign
+from dopant.codesign.pruning import Costs
 from dopant.compiler.driver import CANONICAL_PIPELINE, compile_module, quantize_network
 from dopant.compiler.evaluate import BatchedRunner, top1
 from dopant.compiler.frontend import import_model
@@ -29,7 +34,7 @@ from dopant.compiler.summary import format_table, op_rows
 from dopant.support.errors import InputError
 
 TARGET = "edge16"  # the accelerator the demo compiles for (a preset of backend.presets)
-PRUNE_METHOD, PRUNE_TARGET = "sosp-h", "macs=0.5"
+BUDGET = "0.5x"  # half the dense W8A8 network's measured cycles on TARGET
 SALIENCY_BATCH = 64  # the 512 calibration images in 8 batches
 # The fine-tune: dopant's training recipe on the 512 shipped training images.
 FINETUNE_EPOCHS, FINETUNE_LR, FINETUNE_BATCH = 8, 0.02, 64
@@ -96,9 +101,9 @@ def _demo(name: str) -> dict[str, float]:
     score, cycles = _accelerator(networks["W8A8"], integer_logits["W8A8"], test.x, test.y)
     results["W8A8 on the accelerator"] = score
     dense = Row("dense", Costs.of(module), results["float"], score, cycles)
-    pruned = _pruned(model, calibration, test)
+    pruned = _codesigned(model, calibration, test)
     _compare(dense, pruned)
-    results["pruned float"], results["pruned W8A8 on the accelerator"] = (
+    results["pruned float"], results["co-designed on the accelerator"] = (
         pruned.float_top1,
         pruned.w8a8_top1,
     )
@@ -118,39 +123,44 @@ class Row:
     cycles: int
 
 
-def _pruned(model: torch.nn.Module, calibration: Dataset, test: Dataset) -> Row:
-    """Prune `model` by SOSP-H saliency to half its MACs, fine-tune it on the calibration images
-    and run it through the same quantize-compile-simulate path as the dense network."""
+def _codesigned(model: torch.nn.Module, calibration: Dataset, test: Dataset) -> Row:
+    """Co-design `model` under half its dense latency on TARGET (pruning and bit widths, scored
+    on the calibration images, fine-tuned on them) and run the result through the same
+    simulate-and-check path as the dense network."""
     start = time.perf_counter()
     batches = [
         (torch.from_numpy(x), torch.from_numpy(y)) for x, y in calibration.batches(SALIENCY_BATCH)
     ]
-    result = prune(model, torch.from_numpy(test.x[:1]), batches, PRUNE_METHOD, PRUNE_TARGET)
+
+    def finetune(pruned: torch.nn.Module) -> None:
+        train(
+            pruned, calibration, epochs=FINETUNE_EPOCHS, lr=FINETUNE_LR, batch_size=FINETUNE_BATCH
+        )
+
+    print(f"\nco-design under {BUDGET} of the dense W8A8 latency on '{TARGET}':")
+    result = codesign(
+        model,
+        torch.from_numpy(test.x[:1]),
+        target=TARGET,
+        calibration=calibration.x,
+        latency_budget=BUDGET,
+        batches=batches,
+        finetune=finetune,
+        eval_data=(test.x, test.y),
+        log=lambda line: print("  " + line),
+    )
+    print(report_text(result))
     print(
-        f"\npruned by {PRUNE_METHOD} saliency on {len(calibration)} training images to "
-        f"{PRUNE_TARGET} ({result.removed:.1%} of the MACs removed) in "
-        f"{time.perf_counter() - start:.1f} s; kept channels per group:"
+        f"co-design took {time.perf_counter() - start:.1f} s ({FINETUNE_EPOCHS}-epoch fine-tune "
+        f"on {len(calibration)} images included)"
     )
-    for planned in result.plan.groups:
-        print(f"  {planned.id:<24} {len(planned.keep):>3} of {planned.size}")
-    pruned_model = result.model
-    before = _torch_top1(pruned_model, test)
-    start = time.perf_counter()
-    train(
-        pruned_model, calibration, epochs=FINETUNE_EPOCHS, lr=FINETUNE_LR, batch_size=FINETUNE_BATCH
-    )
-    after = _torch_top1(pruned_model, test)
-    print(
-        f"top-1 (float) {before:.2%} right after pruning, {after:.2%} after fine-tuning "
-        f"{FINETUNE_EPOCHS} epochs on {len(calibration)} images "
-        f"({time.perf_counter() - start:.1f} s)"
-    )
-    module = import_model(pruned_model, torch.from_numpy(test.x[:1]))
-    run_pipeline(module, CANONICAL_PIPELINE)
-    quantized = quantize_network(module, calibration.x, method="mse", weight_bits=8, act_bits=8)
+    quantized = result.stages["quantized"]
     expected = BatchedRunner(quantized).run(test.x)
     score, cycles = _accelerator(quantized, expected, test.x, test.y, profile=False)
-    return Row(f"pruned ({PRUNE_TARGET})", Costs.of(module), after, score, cycles)
+    label = f"co-designed ({BUDGET})"
+    return Row(
+        label, Costs.of(result.stages["pruned"]), result.accuracy["float fine-tuned"], score, cycles
+    )
 
 
 def _torch_top1(model: torch.nn.Module, data: Dataset) -> float:
@@ -162,7 +172,7 @@ def _compare(*rows: Row) -> None:
     dense = rows[0]
     print(
         f"\n{'network':<20} {'MACs':>11} {'params':>9} {'float top-1':>12} "
-        f"{'W8A8 on edge16':>15} {'cycles':>9} {'speed-up':>9}"
+        f"{'top-1 on edge16':>15} {'cycles':>9} {'speed-up':>9}"
     )
     for r in rows:
         print(
@@ -185,7 +195,7 @@ def _accelerator(
     compiled = compile_module(quantized, target=TARGET)
     program = compiled.program
     print(
-        f"\ncompiled W8A8 for '{TARGET}' in {time.perf_counter() - start:.2f} s: "
+        f"\ncompiled for '{TARGET}' in {time.perf_counter() - start:.2f} s: "
         f"{len(program.instructions):,} instructions, {len(compiled.binary):,} bytes"
     )
     start = time.perf_counter()

@@ -229,21 +229,28 @@ class LatencyTable:
             self._fixed = {layer.name: layer.added_cycles for layer in stats.layers}
         return self._fixed.get(name, 0)
 
-    def _key(self, r: TableRow, in_count: int, out_count: int, w: int, a: int) -> str:
-        return self._templates[r.name].key(in_count, out_count, w, a)
+    def _key(
+        self, r: TableRow, in_count: int, out_count: int, w: int, a: int, o: int | None = None
+    ) -> str:
+        return self._templates[r.name].key(in_count, out_count, w, a, a if o is None else o)
 
-    def _measure(self, r: TableRow, in_count: int, out_count: int, w: int, a: int) -> int:
+    def _measure(
+        self, r: TableRow, in_count: int, out_count: int, w: int, a: int, o: int | None = None
+    ) -> int:
         t = self._templates[r.name]
         self.measurements += 1
-        return measure(t, in_count, out_count, w if t.is_layer else 8, a, self.config)
+        out_bits = a if o is None else o
+        return measure(t, in_count, out_count, w if t.is_layer else 8, a, out_bits, self.config)
 
-    def _lookup(self, r: TableRow, in_count: int, out_count: int, w: int, a: int) -> int:
+    def _lookup(
+        self, r: TableRow, in_count: int, out_count: int, w: int, a: int, o: int | None = None
+    ) -> int:
         """The entry, measured if it is neither in memory nor on disk (not saved yet)."""
         if r.fixed:
             return self._fixed_cycles(r.name)
-        key = self._key(r, in_count, out_count, w, a)
+        key = self._key(r, in_count, out_count, w, a, o)
         if key not in self._entries:
-            self._entries[key] = self._measure(r, in_count, out_count, w, a)
+            self._entries[key] = self._measure(r, in_count, out_count, w, a, o)
             self._unsaved = True
         return self._entries[key]
 
@@ -259,18 +266,23 @@ class LatencyTable:
         out_kept: int,
         w_bits: int = 8,
         a_bits: int = 8,
+        out_bits: int | None = None,
     ) -> int:
         """Cycles of `row` run alone keeping `in_kept` input and `out_kept` output channels
         (in the keys' units; any valid count, not only the grid's), weights at `w_bits`, input
-        and result at `a_bits`; a vector row's count is `out_kept` (in_kept is not read) and it
-        has no weight width. Measured on first use, then read from memory or disk.
+        at `a_bits` and result stored at `out_bits` (default `a_bits`: in the network a result
+        is stored at the widest width its readers ask for, which the caller may know); a vector
+        row's count is `out_kept` (in_kept is not read) and it has no weight width. Measured on
+        first use, then read from memory or disk.
         InputError naming the row and what it takes for an unknown row, a count outside
         1..full or not a multiple of the row's unit, a depthwise pair that does not match, or
         a width the target's array lacks."""
         r = self.row(row)
         in_count, out_count = self._check(r, in_kept, out_kept, w_bits, a_bits)
+        if out_bits is not None and out_bits != a_bits:
+            self._check(r, in_count, out_count, w_bits, out_bits)
         try:
-            return self._lookup(r, in_count, out_count, w_bits, a_bits)
+            return self._lookup(r, in_count, out_count, w_bits, a_bits, out_bits)
         finally:
             self._save()
 

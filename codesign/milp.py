@@ -44,7 +44,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from dopant.support.errors import DopantError, InputError
 
-MAX_TERM_CHOICES = 4
+MAX_TERM_CHOICES = 5  # a layer: input group, output group, weight, input and result widths
 
 
 @dataclass(frozen=True)

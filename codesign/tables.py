@@ -1,14 +1,17 @@
-"""The text tables `dopant groups` and `dopant prune` print.
+"""The text tables `dopant groups`, `dopant prune` and `dopant codesign` print.
 
 `groups_table` lists coupling groups (id, size, prunable or why not, members, what one channel
 costs); `layers_table` compares a network's layers before and after pruning (channels in and
-out, MACs, parameters) with the totals and the fractions removed.
+out, MACs, parameters) with the totals and the fractions removed. `dopant codesign` prints
+`rounds_table` (each round's budget, prediction and measurement) and `codesign_table` (each
+latency row's channels, widths and cycles before and after).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from dopant.codesign.result import Round
 from dopant.passes._prune_channels.costs import LayerShape, totals
 from dopant.passes._prune_channels.groups import Group, Member
 
@@ -97,3 +100,55 @@ def _aligned(rows: Sequence[tuple[str, ...]], right: tuple[int, ...]) -> str:
         if n == 0:
             lines.append("-" * len(lines[0]))
     return "\n".join(lines)
+
+
+def codesign_table(
+    before: Sequence[LayerShape],
+    after: Sequence[LayerShape],
+    bits: Mapping[str, tuple[int, int]],
+    cycles_before: Mapping[str, int],
+    cycles_after: Mapping[str, int],
+) -> str:
+    """Each latency row of the network before -> after co-design: a conv/linear layer's channels
+    in and out and its widths, and every row's cycles (`RunStats.layers`, where layers overlap
+    in time), then the totals of the two measured runs."""
+    shapes = {old.path: (old, new) for old, new in zip(before, after, strict=True)}
+    rows = [("layer", "in", "out", "bits", "cycles before", "cycles after", "saved")]
+    for name, old_cycles in cycles_before.items():
+        new_cycles = cycles_after.get(name, 0)
+        in_text = out_text = width = ""
+        if name in shapes and shapes[name][0].op != "batch_norm":
+            old, new = shapes[name]
+            in_text = _change(old.in_channels, new.in_channels)
+            out_text = _change(old.out_channels, new.out_channels)
+            w, a = bits.get(name, (8, 8))
+            width = f"w{w}a{a}"
+        rows.append(
+            (
+                name,
+                in_text,
+                out_text,
+                width,
+                f"{old_cycles:,}",
+                f"{new_cycles:,}",
+                _fraction(old_cycles, new_cycles),
+            )
+        )
+    return _aligned(rows, right=(1, 2, 4, 5, 6))
+
+
+def rounds_table(rounds: Sequence[Round], budget_cycles: int) -> str:
+    """One line per co-design round: the selector's budget, the prediction and the measurement
+    (cycles and as a fraction of the budget)."""
+    rows = [("round", "selector budget", "predicted", "measured", "of budget")]
+    for r in rounds:
+        rows.append(
+            (
+                str(r.index),
+                f"{r.selector_budget_cycles:,.0f}",
+                f"{r.predicted_cycles:,}",
+                f"{r.measured_cycles:,}",
+                f"{r.measured_cycles / budget_cycles:.1%}",
+            )
+        )
+    return _aligned(rows, right=(0, 1, 2, 3, 4))

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any, TextIO
 
 from xdsl.context import Context
@@ -45,9 +46,19 @@ def _loader(target: str) -> Callable[[], type[ModulePass]]:
     return lambda: getattr(importlib.import_module(module), name)
 
 
+# A package above the compiler adds passes of its own through this entry point group (name ->
+# "module:class" in its pyproject.toml), as it adds CLI commands.
+PASS_GROUP = "dopant.passes"
+
+
+def _registry() -> dict[str, str]:
+    found = {ep.name: ep.value for ep in entry_points(group=PASS_GROUP)}
+    return {**_PASSES, **{n: v for n, v in sorted(found.items()) if n not in _PASSES}}
+
+
 def available_passes() -> dict[str, Callable[[], type[ModulePass]]]:
     """Every pass a pipeline may name, as lazy factories (the shape `xdsl.universe` expects)."""
-    return {name: _loader(target) for name, target in _PASSES.items()}
+    return {name: _loader(target) for name, target in _registry().items()}
 
 
 # Summaries for upstream passes that carry no docstring.
@@ -66,8 +77,9 @@ def summary_of(name: str) -> str:
 
 
 def pass_class(name: str) -> type[ModulePass]:
-    if name not in _PASSES:
-        raise PipelineError(f"unknown pass '{name}'; valid passes: {', '.join(_PASSES)}.")
+    registry = _registry()
+    if name not in registry:
+        raise PipelineError(f"unknown pass '{name}'; valid passes: {', '.join(registry)}.")
     return available_passes()[name]()
 
 

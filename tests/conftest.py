@@ -9,6 +9,8 @@
   reproducer of a failing pass) stays in pytest's own folders, which pytest prunes, not in
   the system's temporary directory. Module- and session-scoped fixtures share one such
   folder for the session.
+- Latency tables are cached in a folder of the session (`DOPANT_CACHE_DIR`), never in the
+  user's cache: a test measures what the code measures now.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def _use_temp_dir(patch: pytest.MonkeyPatch, folder: Path) -> None:
 def _session_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         _use_temp_dir(patch, tmp_path_factory.mktemp("session-temp"))
+        patch.setenv("DOPANT_CACHE_DIR", str(tmp_path_factory.mktemp("latency-cache")))
         yield
 
 

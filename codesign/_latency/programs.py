@@ -100,7 +100,7 @@ class Template:
     def is_layer(self) -> bool:
         return self.op in LAYER_OPS
 
-    def key(self, c_in: int, c_out: int, w_bits: int, a_bits: int) -> str:
+    def key(self, c_in: int, c_out: int, w_bits: int, a_bits: int, out_bits: int) -> str:
         """The signature text of this template at these channel counts and widths, e.g.
         `conv2d in=64x28x28 out=64x28x28 k=3x3 g=1 strides=1,1 padding=1,1,1,1 dilation=1,1
         bias act=relu x=u w8a8`; a vector op's text has one count and no weight width."""
@@ -118,6 +118,7 @@ class Template:
         parts += [f"act={_act_text(self.act)}"] if self.act is not None else []
         parts += ["x=s" if self.x_signed else "x=u"]
         parts += [f"w{w_bits}a{a_bits}" if self.is_layer else f"a{a_bits}"]
+        parts[-1] += f"o{out_bits}" if out_bits != a_bits else ""
         return " ".join(parts)
 
 
@@ -207,12 +208,18 @@ def program(t: Template, c_in: int, c_out: int) -> ModuleOp:
 
 
 def measure(
-    t: Template, c_in: int, c_out: int, w_bits: int, a_bits: int, config: AccelConfig
+    t: Template,
+    c_in: int,
+    c_out: int,
+    w_bits: int,
+    a_bits: int,
+    out_bits: int,
+    config: AccelConfig,
 ) -> int:
     """Cycles of `t`'s program at these counts and widths on `config`: the timing model's total
-    (the one row's added cycles). Weights at `w_bits` (a vector op has none), input and result
-    at `a_bits`."""
+    (the one row's added cycles). Weights at `w_bits` (a vector op has none), input at
+    `a_bits`, result stored at `out_bits`."""
     module = program(t, c_in, c_out)
-    quantizer = QuantizePass(weight_bits=w_bits, act_bits=a_bits, output_bits=a_bits)
+    quantizer = QuantizePass(weight_bits=w_bits, act_bits=a_bits, output_bits=out_bits)
     quantizer.apply(make_context(), module)
     return latency(module, config).total_cycles

@@ -5,9 +5,8 @@
         -o pruned.mlir --plan-out plan.json
     dopant prune net.mlir --plan plan.json -o pruned.mlir
 
-Registered through the `dopant.commands` entry point (pyproject.toml), so the compiler's CLI
-finds them without importing codesign. Handlers import torch and xDSL when they run, so
-`dopant --help` stays quick. Every option and output path is checked before the model is read.
+Handlers import torch and xDSL when they run, so `dopant --help` stays quick. Every option and
+output path is checked before the model is read.
 """
 
 from __future__ import annotations
@@ -221,7 +220,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def register(command: Command) -> None:
-    """Add the pruning commands and the main job (`dopant demo`) to the CLI."""
+    """Add the main job (`dopant demo`) and the pruning commands to the CLI."""
     p = command("demo", _cmd_demo, "the main job on an embedded default model")
     p.add_argument(
         "--model", default="zoo:resnet8", help="trained model: zoo:resnet8 or zoo:lenet5"

@@ -1,0 +1,17 @@
+"""The co-design commands: the main job (`dopant demo`), `dopant groups`, `dopant prune` and
+`dopant codesign`.
+
+Registered through the `dopant.commands` entry point (pyproject.toml), so the compiler's CLI
+finds them without importing codesign.
+"""
+
+from __future__ import annotations
+
+from dopant.codesign.cli import loop, prune
+from dopant.compiler.cli.options import Command
+
+
+def register(command: Command) -> None:
+    """Add the co-design commands to the CLI."""
+    prune.register(command)
+    loop.register(command)

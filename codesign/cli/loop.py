@@ -1,0 +1,234 @@
+"""`dopant codesign`: a model and a latency budget in, a pruned mixed-precision binary whose
+measured latency meets the budget out (`dopant.codesign.codesign`).
+
+    dopant codesign zoo:resnet8 --target edge16 --latency-budget 0.5x --calibration sample \\
+        --finetune-epochs 2 --eval sample -o out/
+
+writes out/model.dpb, selected.mlir, quantized.mlir, plan.json, bits.json and report.json, and
+prints the rounds (selector budget, predicted, measured) and a per-layer before/after table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from dopant.compiler.cli.model_options import (
+    add_model_arguments,
+    check_model_arguments,
+    loaded_model,
+)
+from dopant.compiler.cli.options import (
+    SPEC_HELP,
+    Command,
+    add_data_options,
+    preprocess_of,
+    shows_progress,
+)
+
+if TYPE_CHECKING:
+    from dopant.codesign.result import CodesignResult
+    from dopant.compiler.models.datasets import Dataset
+
+# The fine-tune --finetune-epochs runs: dopant's training recipe (compiler.models.train), at the
+# rate and batch the main job's fine-tune uses on the 512 shipped images.
+FINETUNE_LR, FINETUNE_BATCH = 0.02, 64
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Every check that needs no work."""
+    from pathlib import Path
+
+    from dopant.backend.presets import load_target
+    from dopant.codesign.budget import LatencyBudget
+    from dopant.passes.set_bits import check_bits
+    from dopant.support.errors import InputError
+
+    check_model_arguments(argparse.Namespace(**{**vars(args), "output": None}))  # -o: a folder
+    if args.model.endswith(".mlir") or args.model == "-":
+        raise InputError(
+            f"co-design scores channels on the torch model, but '{args.model}' is IR; give "
+            "the model (zoo:NAME or file.py:factory)."
+        )
+    LatencyBudget.parse(args.latency_budget)
+    load_target(args.target)
+    if args.no_prune and args.no_bits:
+        raise InputError("--no-prune and --no-bits together leave nothing to choose; drop one.")
+    for w in args.widths:
+        check_bits("--widths", w)
+    if args.finetune_epochs < 0 or args.max_rounds < 1:
+        raise InputError(
+            f"--finetune-epochs must be 0 or more and --max-rounds at least 1, got "
+            f"{args.finetune_epochs} and {args.max_rounds}."
+        )
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"-o {args.output} is a file; give a folder for the results.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"cannot create the folder -o {args.output}: {error.strerror}.") from None
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a list of bit widths such as 2,4,8"
+        ) from None
+
+
+def _labelled(
+    args: argparse.Namespace, spec: str, split: str, what: str, shape: tuple[int, ...]
+) -> Dataset:
+    from dopant.compiler.inputs import load_samples
+    from dopant.compiler.models.datasets import Dataset
+    from dopant.support.errors import InputError
+
+    data = load_samples(
+        spec, shape, split=split, preprocess=preprocess_of(args), show=shows_progress(args)
+    )
+    if data.y is None:
+        raise InputError(
+            f"{data.source} has no labels, and {what} needs them; give a .npz with images 'x' "
+            "and int labels 'y', a folder of class subfolders, or 'sample'."
+        )
+    return Dataset(data.x, data.y)
+
+
+def _cmd_codesign(args: argparse.Namespace) -> None:
+    import torch
+
+    from dopant.codesign.loop import codesign
+    from dopant.compiler.models.train import train
+
+    _check(args)
+    loaded = loaded_model(args)
+    shape = tuple(loaded.example_input.shape[1:])
+    calibration = _labelled(args, args.calibration, "calibration", "co-design", shape)
+    evaluation = _labelled(args, args.eval, "test", "--eval", shape) if args.eval else None
+    batches = [
+        (torch.from_numpy(calibration.x[i : i + 64]), torch.from_numpy(calibration.y[i : i + 64]))
+        for i in range(0, len(calibration.x), 64)
+    ]
+
+    def finetune(model: torch.nn.Module) -> None:
+        train(
+            model,
+            calibration,
+            epochs=args.finetune_epochs,
+            lr=FINETUNE_LR,
+            batch_size=FINETUNE_BATCH,
+        )
+
+    result = codesign(
+        loaded.model,
+        loaded.example_input,
+        target=args.target,
+        calibration=calibration.x,
+        latency_budget=args.latency_budget,
+        prune=not args.no_prune,
+        bits=not args.no_bits,
+        finetune=finetune if args.finetune_epochs else None,
+        eval_data=(evaluation.x, evaluation.y) if evaluation is not None else None,
+        batches=batches,
+        method=args.method,
+        sensitivity=args.sensitivity,
+        widths=args.widths,
+        step=args.step,
+        max_rounds=args.max_rounds,
+        tolerance=args.tolerance,
+        cache_dir=args.cache_dir,
+        progress=shows_progress(args),
+        log=print,
+    )
+    files = result.save(args.output)
+    print(report_text(result))
+    print("wrote " + ", ".join(str(path) for path in files.values()))
+
+
+def report_text(result: CodesignResult) -> str:
+    """The rounds, the per-layer table and the outcome, as `dopant codesign` prints them."""
+    from dopant.codesign.tables import codesign_table, rounds_table
+    from dopant.dialects.qnn.base import forward
+    from dopant.passes._prune_channels.costs import layer_shapes
+
+    before = layer_shapes(forward(result.stages["imported"], "to report"))
+    after = layer_shapes(forward(result.stages["pruned"], "to report"))
+    layers = codesign_table(
+        before,
+        after,
+        result.bits,
+        {row.name: row.cycles for row in result.dense_stats.layers},
+        {row.name: row.cycles for row in result.stats.layers},
+    )
+    lines = [
+        rounds_table(result.rounds, result.budget_cycles),
+        "",
+        layers,
+        "",
+        f"{result.config.name}: {result.dense_cycles:,} -> {result.cycles:,} cycles "
+        f"({result.dense_cycles / result.cycles:.2f}x, {result.fps:,.0f} FPS at "
+        f"{result.config.clock_mhz:g} MHz); budget {result.budget} = "
+        f"{result.budget_cycles:,} cycles; {result.message}",
+    ]
+    if result.accuracy:
+        lines.append("top-1: " + ", ".join(f"{k} {v:.2%}" for k, v in result.accuracy.items()))
+    return "\n".join(lines)
+
+
+def register(command: Command) -> None:
+    """Add `dopant codesign` to the CLI."""
+    p = command(
+        "codesign",
+        _cmd_codesign,
+        "prune and choose bit widths until the measured latency meets a budget",
+    )
+    add_model_arguments(p, "zoo:NAME or path/to/file.py:factory (the torch model)")
+    p.add_argument("--target", default="edge16", help="preset name or TOML file (default edge16)")
+    p.add_argument(
+        "--latency-budget",
+        required=True,
+        metavar="BUDGET",
+        help="per image: 40000cycles, 80us, 1.5ms, 2000fps, or 0.5x (of the dense W8A8 latency)",
+    )
+    p.add_argument(
+        "--calibration",
+        required=True,
+        metavar="SPEC",
+        help=f"labelled data for calibration, saliency and fine-tuning: {SPEC_HELP}",
+    )
+    p.add_argument("--eval", metavar="SPEC", help="labelled data to report top-1 on (test split)")
+    p.add_argument("--no-prune", action="store_true", help="choose bit widths only")
+    p.add_argument("--no-bits", action="store_true", help="prune only (all layers W8A8)")
+    p.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="fine-tune the pruned model N epochs on the calibration data (default 0)",
+    )
+    p.add_argument(
+        "--method",
+        default="sosp-h",
+        choices=("magnitude", "taylor", "sosp-h", "sosp-i"),
+        help="channel saliency (default sosp-h)",
+    )
+    p.add_argument(
+        "--sensitivity",
+        default="hessian",
+        choices=("hessian", "output"),
+        help="bit-width sensitivity: HAWQ's Hessian trace, or the measured layer output error",
+    )
+    p.add_argument(
+        "--widths", type=_widths, default=(2, 4, 8), metavar="W,...", help="widths offered"
+    )
+    p.add_argument("--step", type=int, help="channel granularity (default: the array width)")
+    p.add_argument("--max-rounds", type=int, default=5, help="compile-and-measure rounds (5)")
+    p.add_argument(
+        "--tolerance", type=float, default=0.02, help="how far under the budget may land (0.02)"
+    )
+    p.add_argument("--cache-dir", help="latency-table cache (default ~/.cache/dopant/latency)")
+    add_data_options(p)
+    p.add_argument("-o", "--output", required=True, help="folder for the binary, IR and report")

@@ -1,0 +1,86 @@
+"""The co-design loop lands on a measured latency budget, and its answer is what a fresh compile
+and simulation of the same IR give."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from dopant.codesign.loop import InfeasibleBudget, codesign
+from dopant.codesign.result import CodesignResult
+from dopant.compiler.driver import compile_module
+from dopant.compiler.evaluate import BatchedRunner
+from dopant.compiler.models import zoo
+from dopant.compiler.models.datasets import load_sample
+from dopant.compiler.models.pretrained import load_pretrained
+
+CALIBRATION = 128  # shipped training images used for calibration, saliency and sensitivity
+FIRST = 0.7  # the budget whose run scores the channels and widths for the others
+
+
+@functools.cache
+def _images() -> np.ndarray:
+    return load_sample()[0].x[:CALIBRATION]
+
+
+def _model(name: str) -> torch.nn.Module:
+    return load_pretrained(name) if name == "resnet8" else zoo.get(name).build()
+
+
+@functools.cache
+def _run(name: str, fraction: float) -> CodesignResult:
+    """The loop at `fraction` of the dense latency; budgets after the first reuse its saliency
+    and sensitivity (the data and the model are the same, so are they)."""
+    first = _run(name, FIRST) if fraction != FIRST else None
+    x = _images()
+    return codesign(
+        _model(name),
+        torch.from_numpy(x[:1]),
+        target="edge16",
+        calibration=x,
+        latency_budget=f"{fraction}x",
+        scores=first.scores if first else None,
+        sensitivity=first.sensitivity or "hessian" if first else "hessian",
+    )
+
+
+@pytest.mark.parametrize("name", ["resnet8", "resnet20"])
+@pytest.mark.parametrize("fraction", [0.7, 0.5, 0.3])
+def test_the_loop_lands_within_two_percent_under_the_budget(name: str, fraction: float) -> None:
+    result = _run(name, fraction)
+    budget = int(fraction * result.dense_cycles)  # the budget, by hand: a fraction rounded down
+    assert result.budget_cycles == budget
+    assert 0.98 * budget <= result.cycles <= budget, [r.to_dict() for r in result.rounds]
+    assert result.converged and 1 <= len(result.rounds) <= 5
+    assert result.rounds[-1].measured_cycles == result.cycles
+
+
+@pytest.mark.parametrize("name", ["resnet8", "resnet20"])
+def test_the_answer_is_a_fresh_compile_and_bit_exact(name: str) -> None:
+    result = _run(name, 0.5)
+    fresh = compile_module(result.stages["quantized"], target="edge16")
+    assert fresh.binary == result.binary
+    assert fresh.program.stats.total_cycles == result.cycles
+    x = _images()[:8]
+    simulated = fresh.run(x).outputs[0]
+    assert np.array_equal(simulated, BatchedRunner(result.stages["quantized"]).run(x))
+
+
+def test_an_infeasible_budget_names_the_fastest_network() -> None:
+    x = _images()
+    with pytest.raises(InfeasibleBudget) as caught:
+        codesign(
+            _model("resnet8"),
+            torch.from_numpy(x[:1]),
+            target="edge16",
+            calibration=x,
+            latency_budget="0.02x",
+        )
+    minimum = caught.value.minimum_cycles
+    message = str(caught.value)
+    assert "below the fastest network these choices allow" in message
+    assert f"which measures {minimum:,} cycles" in message
+    assert minimum > 0.02 * _run("resnet8", 0.3).dense_cycles
