@@ -26,7 +26,7 @@ activation it multiplies them with (`act[ℓ][b]`), on real data. Two methods:
     weights and inputs apart, since a layer's weights and its input have large mixed
     derivatives). The off-diagonal blocks' first-order terms dominate the variance: on the
     same ResNet-20 two seeds disagreed by a median 90% and 7 of 22 weight traces came out
-    negative, at 4-5x the time. Kept as the reference (and for networks with smooth
+    negative, at 2.5-4x the time. Kept as the reference (and for networks with smooth
     activations, where only it is Tr(H_ℓ)); a negative estimate is returned as is.
 - `output`: the measured error at the layer's output on the calibration data: Ω_w(ℓ, b) is
   the mean squared error of the layer's output with its weights at b bits (its input float),
