@@ -4,10 +4,11 @@ against torch, then calibrated, quantized to integers and evaluated again; the W
 compiled for the edge16 accelerator, the test sample runs on the simulator (checked bit for bit
 against the integer reference) and the latency profile is printed. Finally the co-design step:
 the network gets half the dense W8A8 latency on edge16 as its budget, and the loop chooses the
-channels each group keeps (SOSP-H saliency) and each layer's bit widths (HAWQ sensitivity)
-under it, measures every answer on the simulator's timing model until one lands within 2 % under
-the budget, fine-tunes the pruned model briefly on the shipped training images, compiles it,
-runs the test sample on the simulator the same way and compares it with the dense one."""
+channels each group keeps (SOSP-H saliency) and each layer's bit widths, 4 or 8 (HAWQ
+sensitivity) under it, measures every answer on the simulator's timing model until one lands
+within 2 % under the budget, fine-tunes the pruned model briefly on the shipped training images
+(float, then QAT of the integer network), compiles it, runs the test sample on the simulator the
+same way and compares it with the dense one."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ import torch
 from threadpoolctl import threadpool_limits
 from xdsl.dialects.builtin import ModuleOp
 
-from dopant.codesign.cli.loop import report_text
 from dopant.codesign.loop import codesign
 from dopant.codesign.pruning import Costs
+from dopant.codesign.tables import report_text
 from dopant.compiler.driver import CANONICAL_PIPELINE, compile_module, quantize_network
 from dopant.compiler.evaluate import BatchedRunner, top1
+from dopant.compiler.fakequant import FakeQuantNetwork
+from dopant.compiler.fakequant import finetune as fakequant_finetune
 from dopant.compiler.frontend import import_model
 from dopant.compiler.models.datasets import Dataset, load_sample
 from dopant.compiler.models.pretrained import PRETRAINED, load_pretrained
@@ -35,6 +38,9 @@ from dopant.support.errors import InputError
 
 TARGET = "edge16"  # the accelerator the demo compiles for (a preset of backend.presets)
 BUDGET = "0.5x"  # half the dense W8A8 network's measured cycles on TARGET
+# 4 and 8 bits: 2-bit layers need longer QAT than the demo's few epochs on 512 images.
+WIDTHS = (4, 8)
+QAT_EPOCHS, QAT_LR = 4, 1e-3  # LSQ on the fake-quant network after the float fine-tune
 SALIENCY_BATCH = 64  # the 512 calibration images in 8 batches
 # The fine-tune: dopant's training recipe on the 512 shipped training images.
 FINETUNE_EPOCHS, FINETUNE_LR, FINETUNE_BATCH = 8, 0.02, 64
@@ -137,6 +143,11 @@ def _codesigned(model: torch.nn.Module, calibration: Dataset, test: Dataset) -> 
             pruned, calibration, epochs=FINETUNE_EPOCHS, lr=FINETUNE_LR, batch_size=FINETUNE_BATCH
         )
 
+    def qat(network: FakeQuantNetwork) -> None:
+        fakequant_finetune(
+            network, calibration.x, calibration.y, epochs=QAT_EPOCHS, lr=QAT_LR, batch_size=64
+        )
+
     print(f"\nco-design under {BUDGET} of the dense W8A8 latency on '{TARGET}':")
     result = codesign(
         model,
@@ -146,13 +157,15 @@ def _codesigned(model: torch.nn.Module, calibration: Dataset, test: Dataset) -> 
         latency_budget=BUDGET,
         batches=batches,
         finetune=finetune,
+        qat=qat,
+        widths=WIDTHS,
         eval_data=(test.x, test.y),
         log=lambda line: print("  " + line),
     )
     print(report_text(result))
     print(
         f"co-design took {time.perf_counter() - start:.1f} s ({FINETUNE_EPOCHS}-epoch fine-tune "
-        f"on {len(calibration)} images included)"
+        f"and {QAT_EPOCHS}-epoch QAT on {len(calibration)} images included)"
     )
     quantized = result.stages["quantized"]
     expected = BatchedRunner(quantized).run(test.x)

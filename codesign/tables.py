@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from dopant.codesign.result import Round
-from dopant.passes._prune_channels.costs import LayerShape, totals
+from dopant.codesign.result import CodesignResult, Round
+from dopant.dialects.qnn.base import forward
+from dopant.passes._prune_channels.costs import LayerShape, layer_shapes, totals
 from dopant.passes._prune_channels.groups import Group, Member
 
 MEMBERS_SHOWN = 4  # members listed per group before "+N more"
@@ -152,3 +153,29 @@ def rounds_table(rounds: Sequence[Round], budget_cycles: int) -> str:
             )
         )
     return _aligned(rows, right=(0, 1, 2, 3, 4))
+
+
+def report_text(result: CodesignResult) -> str:
+    """The rounds, the per-layer table and the outcome, as `dopant codesign` prints them."""
+    before = layer_shapes(forward(result.stages["imported"], "to report"))
+    after = layer_shapes(forward(result.stages["pruned"], "to report"))
+    layers = codesign_table(
+        before,
+        after,
+        result.bits,
+        {row.name: row.cycles for row in result.dense_stats.layers},
+        {row.name: row.cycles for row in result.stats.layers},
+    )
+    lines = [
+        rounds_table(result.rounds, result.budget_cycles),
+        "",
+        layers,
+        "",
+        f"{result.config.name}: {result.dense_cycles:,} -> {result.cycles:,} cycles "
+        f"({result.dense_cycles / result.cycles:.2f}x, {result.fps:,.0f} FPS at "
+        f"{result.config.clock_mhz:g} MHz); budget {result.budget} = "
+        f"{result.budget_cycles:,} cycles; {result.message}",
+    ]
+    if result.accuracy:
+        lines.append("top-1: " + ", ".join(f"{k} {v:.2%}" for k, v in result.accuracy.items()))
+    return "\n".join(lines)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dopant.backend.config_attr import module_target
@@ -14,6 +15,7 @@ from dopant.codesign.choose import BudgetProblem, Correction
 from dopant.codesign.latency_table import LatencyTable
 from dopant.compiler.cli import main
 from dopant.compiler.irio import read_ir
+from dopant.compiler.models.datasets import load_sample
 from dopant.dialects.qnn import BitsAttr, Conv2DOp, LinearOp
 from dopant.passes._prune_channels.groups import coupling_groups
 from dopant.passes._prune_channels.plan import PLAN_ATTR, PruningPlan
@@ -21,7 +23,11 @@ from dopant.passes._prune_channels.plan import PLAN_ATTR, PruningPlan
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    out = tmp_path_factory.mktemp("codesign") / "out"
+    folder = tmp_path_factory.mktemp("codesign")
+    out = folder / "out"
+    sample = load_sample()[0]  # the first 128 shipped training images, with their labels
+    data = folder / "calibration.npz"
+    np.savez(data, x=(sample.x[:128, 0] * 255).round().astype(np.uint8), y=sample.y[:128])
     code = main(
         [
             "--quiet",
@@ -30,7 +36,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
             "--latency-budget",
             "0.6x",
             "--calibration",
-            "sample",
+            str(data),
             "-o",
             str(out),
         ]

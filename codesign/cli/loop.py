@@ -27,12 +27,12 @@ from dopant.compiler.cli.options import (
 )
 
 if TYPE_CHECKING:
-    from dopant.codesign.result import CodesignResult
     from dopant.compiler.models.datasets import Dataset
 
 # The fine-tune --finetune-epochs runs: dopant's training recipe (compiler.models.train), at the
-# rate and batch the main job's fine-tune uses on the 512 shipped images.
-FINETUNE_LR, FINETUNE_BATCH = 0.02, 64
+# rate and batch the main job's fine-tune uses on the 512 shipped images; --qat-epochs then
+# trains the integer network's fake-quant model (LSQ) at the main job's QAT rate.
+FINETUNE_LR, FINETUNE_BATCH, QAT_LR = 0.02, 64, 1e-3
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -56,10 +56,10 @@ def _check(args: argparse.Namespace) -> None:
         raise InputError("--no-prune and --no-bits together leave nothing to choose; drop one.")
     for w in args.widths:
         check_bits("--widths", w)
-    if args.finetune_epochs < 0 or args.max_rounds < 1:
+    if args.finetune_epochs < 0 or args.qat_epochs < 0 or args.max_rounds < 1:
         raise InputError(
-            f"--finetune-epochs must be 0 or more and --max-rounds at least 1, got "
-            f"{args.finetune_epochs} and {args.max_rounds}."
+            f"--finetune-epochs and --qat-epochs must be 0 or more and --max-rounds at least 1, "
+            f"got {args.finetune_epochs}, {args.qat_epochs} and {args.max_rounds}."
         )
     out = Path(args.output)
     if out.exists() and not out.is_dir():
@@ -101,6 +101,9 @@ def _cmd_codesign(args: argparse.Namespace) -> None:
     import torch
 
     from dopant.codesign.loop import codesign
+    from dopant.codesign.tables import report_text
+    from dopant.compiler.fakequant import FakeQuantNetwork
+    from dopant.compiler.fakequant import finetune as fakequant_finetune
     from dopant.compiler.models.train import train
 
     _check(args)
@@ -122,6 +125,16 @@ def _cmd_codesign(args: argparse.Namespace) -> None:
             batch_size=FINETUNE_BATCH,
         )
 
+    def qat(network: FakeQuantNetwork) -> None:
+        fakequant_finetune(
+            network,
+            calibration.x,
+            calibration.y,
+            epochs=args.qat_epochs,
+            lr=QAT_LR,
+            batch_size=FINETUNE_BATCH,
+        )
+
     result = codesign(
         loaded.model,
         loaded.example_input,
@@ -131,6 +144,7 @@ def _cmd_codesign(args: argparse.Namespace) -> None:
         prune=not args.no_prune,
         bits=not args.no_bits,
         finetune=finetune if args.finetune_epochs else None,
+        qat=qat if args.qat_epochs else None,
         eval_data=(evaluation.x, evaluation.y) if evaluation is not None else None,
         batches=batches,
         method=args.method,
@@ -146,36 +160,6 @@ def _cmd_codesign(args: argparse.Namespace) -> None:
     files = result.save(args.output)
     print(report_text(result))
     print("wrote " + ", ".join(str(path) for path in files.values()))
-
-
-def report_text(result: CodesignResult) -> str:
-    """The rounds, the per-layer table and the outcome, as `dopant codesign` prints them."""
-    from dopant.codesign.tables import codesign_table, rounds_table
-    from dopant.dialects.qnn.base import forward
-    from dopant.passes._prune_channels.costs import layer_shapes
-
-    before = layer_shapes(forward(result.stages["imported"], "to report"))
-    after = layer_shapes(forward(result.stages["pruned"], "to report"))
-    layers = codesign_table(
-        before,
-        after,
-        result.bits,
-        {row.name: row.cycles for row in result.dense_stats.layers},
-        {row.name: row.cycles for row in result.stats.layers},
-    )
-    lines = [
-        rounds_table(result.rounds, result.budget_cycles),
-        "",
-        layers,
-        "",
-        f"{result.config.name}: {result.dense_cycles:,} -> {result.cycles:,} cycles "
-        f"({result.dense_cycles / result.cycles:.2f}x, {result.fps:,.0f} FPS at "
-        f"{result.config.clock_mhz:g} MHz); budget {result.budget} = "
-        f"{result.budget_cycles:,} cycles; {result.message}",
-    ]
-    if result.accuracy:
-        lines.append("top-1: " + ", ".join(f"{k} {v:.2%}" for k, v in result.accuracy.items()))
-    return "\n".join(lines)
 
 
 def register(command: Command) -> None:
@@ -208,6 +192,13 @@ def register(command: Command) -> None:
         default=0,
         metavar="N",
         help="fine-tune the pruned model N epochs on the calibration data (default 0)",
+    )
+    p.add_argument(
+        "--qat-epochs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then train the integer network N epochs (fake-quant, LSQ) on it (default 0)",
     )
     p.add_argument(
         "--method",

@@ -14,7 +14,7 @@ from dopant.codesign.choose import BudgetProblem, Correction
 from dopant.codesign.latency_table import LatencyTable
 from dopant.compiler.driver import is_quantized
 from dopant.passes._prune_channels.groups import coupling_groups
-from dopant.passes._prune_channels.plan import PLAN_ATTR
+from dopant.passes._prune_channels.plan import PLAN_ATTR, PruningPlan
 from dopant.passes.set_bits import set_layer_bits
 from dopant.support.errors import DopantError
 
@@ -34,7 +34,7 @@ class SelectCompressionPass(ModulePass):
     unless the options do. The budget is on the latency table's per-layer sum, as the loop's
     rounds give it to the selector (its `selector_budget_cycles`); the measured latency of the
     result may differ: measure it with `dopant compile`.
-    Guarantees: `qnn.pruning_plan` holds the kept channels (when any are cut) and every
+    Guarantees: `qnn.pruning_plan` holds the kept channels (no groups: all kept) and every
     conv/linear layer carries `#qnn.bits` (when widths are chosen); nothing else changes.
     Fails: on quantized IR, without a target or a budget, without scores for a choice asked
     for, and when no choice fits the budget (naming the smallest predicted latency).
@@ -79,8 +79,8 @@ class SelectCompressionPass(ModulePass):
             bits_weight=inputs.bits_weight,
         )
         selection = problem.solve(float(budget), Correction(inputs.scale))
-        if selection.plan is not None:
-            op.attributes[PLAN_ATTR] = selection.plan.to_attr()
+        if self.channels:  # no groups in it: every channel kept
+            op.attributes[PLAN_ATTR] = (selection.plan or PruningPlan(())).to_attr()
         set_layer_bits(op, selection.bits_entries())
 
 
