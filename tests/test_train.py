@@ -74,6 +74,13 @@ def test_augment_batch_shifts_and_flips_each_image() -> None:
     assert 16 < flipped < 48  # about half of 64 flipped
 
 
+def test_augmented_batches_have_canonical_strides() -> None:
+    """One-channel images must come out with NCHW strides, not channels-last ones (a size-1
+    axis may have any stride, and torch picks its layout from them)."""
+    out = augment_batch(torch.rand(8, 1, 6, 5), torch.Generator().manual_seed(0))
+    assert out.stride() == (30, 30, 5, 1)  # torch.empty(8, 1, 6, 5).stride()
+
+
 def test_train_refuses_zero_epochs() -> None:
     calibration, _ = load_sample()
     with pytest.raises(InputError, match="at least 1 epoch, got 0"):

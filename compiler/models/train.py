@@ -56,8 +56,13 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     cols = torch.where(flip, width - 1 - cols, cols)
     rows = dy + torch.arange(height).view(1, height, 1)
     batch = torch.arange(n).view(n, 1, 1)
-    # Advanced indices around a slice put their broadcast shape first: (N, H, W, C).
-    return padded[batch, :, rows, dx + cols].permute(0, 3, 1, 2).contiguous()
+    # Advanced indices around a slice put their broadcast shape first: (N, H, W, C). Copied to
+    # canonical NCHW strides: `.contiguous()` keeps the permuted strides when C is 1 (a size-1
+    # axis may have any stride), torch then runs the network channels-last, and torch 2.13's
+    # CPU backward of a stride-2 1x1 conv with 2 or 4 channels (a pruned downsample) in that
+    # layout corrupts the heap.
+    nhwc = padded[batch, :, rows, dx + cols]
+    return nhwc.permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
 
 
 def train(
