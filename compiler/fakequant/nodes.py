@@ -19,6 +19,8 @@ from dopant.compiler.fakequant import numerics as qn
 from dopant.runtime.intops import INT32_MAX, INT32_MIN
 from dopant.support.errors import ExecutionError
 
+FLOAT32_EXACT = 2**24  # every integer of magnitude up to 2^24 is a float32 (24-bit significand)
+
 
 @dataclass(frozen=True)
 class Value:
@@ -131,7 +133,7 @@ class LayerNode:
         layer = env.layers[self.layer]
         step = layer.step()
         w = layer.quantized_weight(step)
-        acc = F.linear(x.u, w) if self.conv is None else self.conv(x.u, w)
+        acc = _product(x.u, w, self.conv)
         scale = layer.accumulator_scale(x.scale, step)
         bias = layer.quantized_bias(scale)
         if bias is not None:
@@ -141,6 +143,22 @@ class LayerNode:
             # The reference refuses such a network (ExecutionError); so does its model.
             raise ExecutionError(f"{self.where}: the accumulator reaches {peak:.0f}, beyond si32.")
         env.values[self.output] = Value(acc, scale)
+
+
+def _product(x: Tensor, w: Tensor, conv: Callable[[Tensor, Tensor], Tensor] | None) -> Tensor:
+    """x * w (a linear layer when `conv` is None) in integer units, float64. Without gradients,
+    when no partial sum can reach FLOAT32_EXACT (max |x| times the largest Σ|w| of an output
+    channel bounds every one), float32 computes it exactly: every product and partial sum is an
+    integer float32 holds, in whatever order the kernel adds them (direct and GEMM kernels only
+    multiply and add). On the CPU that is several times faster than float64."""
+    run = F.linear if conv is None else conv
+    grads = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
+    if grads or not x.numel() or not w.numel():
+        return run(x, w)
+    bound = float(x.abs().max()) * float(w.abs().flatten(1).sum(1).max())
+    if bound >= FLOAT32_EXACT:
+        return run(x, w)
+    return run(x.float(), w.float()).double()
 
 
 @dataclass(frozen=True)
