@@ -50,6 +50,7 @@ from dopant.codesign.mirror import prune_module
 from dopant.codesign.result import CodesignResult
 from dopant.codesign.rounds import Candidate, Job, Search, run_rounds
 from dopant.codesign.scores import METHODS, group_saliency
+from dopant.codesign.sensitivity import METHODS as SENSITIVITIES
 from dopant.codesign.sensitivity import Sensitivity, bit_sensitivity
 from dopant.compiler.driver import compile_module, latency, quantize_network
 from dopant.compiler.fakequant import FakeQuantNetwork
@@ -60,7 +61,6 @@ from dopant.passes.set_bits import check_bits, set_layer_bits
 from dopant.support.errors import DopantError, InputError
 
 Batches = Iterable[tuple[Tensor, Tensor]]
-SENSITIVITIES = ("hessian", "output")
 PSEUDO_LABEL_BATCH = 64
 # Hutchinson probes of the sensitivity's Gauss-Newton traces: its seed-to-seed spread on
 # ResNet-20 was 2.6 % at 16 probes (codesign.sensitivity), and the widths are chosen between
@@ -120,7 +120,7 @@ def codesign(
     the quantized network's fake-quant model (`compiler.fakequant.FakeQuantNetwork`, LSQ) in
     place, and its export is the final integer network. `eval_data` = (images,
     labels) gives `result.accuracy`. `method`: the saliency (codesign.scores); `sensitivity`:
-    "hessian" or "output" (codesign.sensitivity); `scores` and a `Sensitivity` given for
+    "hessian", "loss" or "output" (codesign.sensitivity); `scores` and a `Sensitivity` given for
     `sensitivity` are used as they are (a run's `result.scores` and `result.sensitivity`, to
     try other budgets without scoring again); `widths`: the bit widths offered; `step`: the
     channel granularity (default the array width); `bits_weight` weighs the sensitivity against

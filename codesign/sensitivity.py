@@ -28,6 +28,14 @@ activation it multiplies them with (`act[ℓ][b]`), on real data. Two methods:
     same ResNet-20 two seeds disagreed by a median 90% and 7 of 22 weight traces came out
     negative, at 2.5-4x the time. Kept as the reference (and for networks with smooth
     activations, where only it is Tr(H_ℓ)); a negative estimate is returned as is.
+- `loss`: the measured rise of the mean loss on the calibration data when only that layer's
+  weights (Ω_w), or only its input (Ω_a), are at b bits and everything else stays float (a
+  fall, noise at wide widths, counts as 0). In loss units like `hessian`, measured instead of
+  extrapolated from second order: on the shipped ResNet-8 (512 images) the two agree within
+  ~3x at 4 bits, while at 2 bits `hessian` is 1-16x below the measured rise for weights and up
+  to 22x for inputs. But each cost is of one tensor alone, blind to how errors compound, and
+  widths chosen by it did worse than by `hessian` in `benchmarks/codesign.py` (README). One
+  forward pass per batch, layer, width and tensor; no backward.
 - `output`: the measured error at the layer's output on the calibration data: Ω_w(ℓ, b) is
   the mean squared error of the layer's output with its weights at b bits (its input float),
   Ω_a(ℓ, b) with its input at b bits (its weights float). Not in loss units: comparable
@@ -52,22 +60,21 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from dopant.codesign._sensitivity.measured import loss_increase, output_errors
+from dopant.codesign._sensitivity.quantizers import dequantized_activation, weight_error
+from dopant.codesign._sensitivity.run import Costs, Run, means
 from dopant.codesign._sensitivity.taps import Layer, Taps
 from dopant.codesign._sensitivity.traces import exact, gauss_newton, hutchinson, loss_factors
 from dopant.dialects.qnn.attrs import LAYER_WIDTHS
-from dopant.passes._quantize.numerics import activation_params, quantize_weight
 from dopant.passes.set_bits import check_bits
-from dopant.runtime import intops
 from dopant.support.errors import InputError
-from dopant.support.progress import progress as bar
 
-METHODS = ("hessian", "output")
+METHODS = ("hessian", "loss", "output")
 HESSIANS = ("exact", "gauss-newton")
 FORMAT = "dopant-bit-sensitivity"
 VERSION = 1
@@ -199,35 +206,14 @@ def bit_sensitivity(
         return Sensitivity(method, {}, {})
     with Taps(model, modules) as taps:
         ranges = _ranges(taps, model, data, loss is None)
-        run = _Run(taps, model, data, ranges, widths, per_channel, progress, hessian)
+        run = Run(taps, model, data, ranges, widths, per_channel, progress, hessian)
         if method == "hessian":
             weight, act = _hessian(run, loss or F.cross_entropy, probes, seed)
+        elif method == "loss":
+            weight, act = loss_increase(run, loss or F.cross_entropy)
         else:
-            weight, act = _output(run)
+            weight, act = output_errors(run)
     return Sensitivity(method, weight, act)
-
-
-def dequantized_weight(w: Tensor, bits: int, per_channel: bool = True) -> np.ndarray:
-    """Q_b(W) in float64: `quantize_weight`'s integers times their scales (min/max clipping)."""
-    array = w.detach().cpu().double().numpy()
-    quantized = quantize_weight(array, bits, per_channel, "minmax")
-    return quantized.values * quantized.scales.reshape(-1, *([1] * (array.ndim - 1)))
-
-
-def weight_error(w: Tensor, bits: int, per_channel: bool = True) -> float:
-    """‖Q_b(W) − W‖² in float64."""
-    return float(
-        ((dequantized_weight(w, bits, per_channel) - w.detach().cpu().double().numpy()) ** 2).sum()
-    )
-
-
-def dequantized_activation(x: Tensor, lo: float, hi: float, bits: int) -> np.ndarray:
-    """Q_b(x) in float64 for a tensor calibrated to [lo, hi]: `activation_params` and
-    `intops.quantize` (round half to even, clamp to the storage range), times the scale."""
-    params = activation_params(lo, hi, bits)
-    scale = params.scales[0]
-    q = intops.quantize(x.detach().cpu().double().numpy(), scale, 0, params.qmin, params.qmax)
-    return q * scale
 
 
 def _layers(model: nn.Module, layers: Sequence[str]) -> dict[str, Layer]:
@@ -257,28 +243,6 @@ def _pair(
     return x.to(device, dtype) if x.is_floating_point() else x.to(device), y.to(device)
 
 
-@dataclass(frozen=True)
-class _Run:
-    """What both methods read: the hooked model, the batches, each layer's input range."""
-
-    taps: Taps
-    model: nn.Module
-    data: list[tuple[Tensor, Tensor]]
-    ranges: dict[str, tuple[float, float]]
-    widths: list[int]
-    per_channel: bool
-    show: bool
-    hessian: str = "gauss-newton"
-
-    def batches(self) -> Iterable[tuple[Tensor, Tensor]]:
-        what = "bit sensitivity"
-        return bar(self.data, show=self.show, total=len(self.data), what=what, unit="batch")
-
-    @property
-    def samples(self) -> int:
-        return sum(len(x) for x, _ in self.data)
-
-
 def _ranges(
     taps: Taps, model: nn.Module, data: list[tuple[Tensor, Tensor]], check_labels: bool
 ) -> dict[str, tuple[float, float]]:
@@ -304,40 +268,7 @@ def _ranges(
     return {path: (lo[path], hi[path]) for path in taps.modules}
 
 
-def _output(run: _Run) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, float]]]:
-    """The mean squared error of each layer's output with its weights, then its input, at
-    each width, over all samples."""
-    layers, widths = run.taps.modules, run.widths
-    weights = {
-        path: {b: dequantized_weight(m.weight, b, run.per_channel) for b in widths}
-        for path, m in layers.items()
-    }
-    sums = {kind: {p: dict.fromkeys(widths, 0.0) for p in layers} for kind in ("w", "a")}
-
-    def visit(path: str, x: Tensor) -> None:
-        module = layers[path]
-        exact = module(x)
-        for b in widths:
-            w = torch.as_tensor(weights[path][b], dtype=x.dtype, device=x.device)
-            by_weight = functional_call(module, {"weight": w}, (x,), strict=False)
-            q = dequantized_activation(x, *run.ranges[path], b)
-            by_input = module(torch.as_tensor(q, dtype=x.dtype, device=x.device))
-            sums["w"][path][b] += len(x) * float(F.mse_loss(by_weight, exact))
-            sums["a"][path][b] += len(x) * float(F.mse_loss(by_input, exact))
-
-    for x, _ in run.batches():
-        with torch.no_grad():
-            run.taps.run(visit, partial(run.model, x))
-    return _means(sums["w"], run.samples), _means(sums["a"], run.samples)
-
-
-def _means(sums: dict[str, dict[int, float]], samples: int) -> dict[str, dict[int, float]]:
-    return {path: {b: v / samples for b, v in row.items()} for path, row in sums.items()}
-
-
-def _hessian(
-    run: _Run, loss: Loss, probes: int, seed: int
-) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, float]]]:
+def _hessian(run: Run, loss: Loss, probes: int, seed: int) -> tuple[Costs, Costs]:
     """HAWQ-V3's costs (module doc): Tr(H_ℓ) as the sample-weighted mean of the batches'
     traces; the activation term per batch (its trace, its input's error), then weighted."""
     generator = torch.Generator().manual_seed(seed)
@@ -355,11 +286,11 @@ def _hessian(
     for path, m in run.taps.modules.items():
         scale = 0.5 * trace[path] / run.samples / m.weight.numel()  # ½ · Tr(H_ℓ) / n_ℓ
         weight[path] = {b: scale * weight_error(m.weight, b, run.per_channel) for b in widths}
-    return weight, _means(act, run.samples)
+    return weight, means(act, run.samples)
 
 
 def _batch_traces(
-    run: _Run, x: Tensor, y: Tensor, loss: Loss, probes: int, generator: torch.Generator
+    run: Run, x: Tensor, y: Tensor, loss: Loss, probes: int, generator: torch.Generator
 ) -> tuple[dict[str, float], dict[str, tuple[float, int]], dict[str, dict[int, float]]]:
     """For one batch's mean loss: each layer's weight Hessian trace, (its input's Hessian trace,
     the input's element count), and ‖Q_b(x) − x‖² per width b of that input."""

@@ -269,6 +269,33 @@ def test_output_method_is_the_layer_output_error() -> None:
             assert got.act["fc"][bits] == pytest.approx(float(F.mse_loss(model.fc(qh), fc)))
 
 
+def test_loss_method_is_the_loss_increase() -> None:
+    model = tiny()
+    data = [batch(3, 4), batch(5, 5)]
+    got = bit_sensitivity(model, ["conv", "fc"], data, [2, 4], "loss")
+    xs, ys = torch.cat([x for x, _ in data]), torch.cat([y for _, y in data])
+    with torch.no_grad():
+        hs = hidden(model, xs)
+        base = F.cross_entropy(model.fc(hs), ys)
+
+        def rise(logits: Tensor) -> float:
+            return max(float(F.cross_entropy(logits, ys) - base), 0.0)
+
+        bc, bf = model.conv.bias, model.fc.bias
+        for bits in (2, 4):
+            wc = torch.as_tensor(np_weight(model.conv.weight.numpy(), bits))
+            wf = torch.as_tensor(np_weight(model.fc.weight.numpy(), bits))
+            qx = torch.as_tensor(np_act(xs.numpy(), float(xs.min()), float(xs.max()), bits))
+            qh = torch.as_tensor(np_act(hs.numpy(), 0.0, float(hs.max()), bits))
+            by_conv = model.fc(torch.relu(F.conv2d(xs, wc, bc)).flatten(1))
+            assert got.weight["conv"][bits] == pytest.approx(rise(by_conv), abs=1e-12)
+            assert got.weight["fc"][bits] == pytest.approx(rise(F.linear(hs, wf, bf)), abs=1e-12)
+            by_input = model.fc(torch.relu(model.conv(qx)).flatten(1))
+            assert got.act["conv"][bits] == pytest.approx(rise(by_input), abs=1e-12)
+            assert got.act["fc"][bits] == pytest.approx(rise(model.fc(qh)), abs=1e-12)
+    assert any(v > 0 for table in (got.weight, got.act) for r in table.values() for v in r.values())
+
+
 @pytest.fixture(scope="module")
 def trained() -> tuple[Tiny, list[tuple[Tensor, Tensor]]]:
     """The tiny net fitted for 100 steps to a random linear teacher's labels."""
@@ -286,14 +313,23 @@ def trained() -> tuple[Tiny, list[tuple[Tensor, Tensor]]]:
 
 @pytest.mark.parametrize(
     ("method", "curvature"),
-    [("hessian", "gauss-newton"), ("hessian", "exact"), ("output", "gauss-newton")],
+    [
+        ("hessian", "gauss-newton"),
+        ("hessian", "exact"),
+        ("output", "gauss-newton"),
+        ("loss", "gauss-newton"),
+    ],
 )
 def test_fewer_bits_cost_more(method: str, curvature: str, trained: tuple[Tiny, list]) -> None:
     model, data = trained
     got = bit_sensitivity(model, ["conv", "fc"], data, method=method, hessian=curvature)
     for table in (got.weight, got.act):
         for name in ("conv", "fc"):
-            assert table[name][2] > table[name][4] > table[name][8] > 0, (method, name, table)
+            row = table[name]
+            if method == "loss":  # a measured loss may fall at wide widths: floored to 0
+                assert row[2] > row[4] >= row[8] >= 0, (name, table)
+            else:
+                assert row[2] > row[4] > row[8] > 0, (method, name, table)
 
 
 def test_the_model_is_unchanged() -> None:
@@ -305,7 +341,7 @@ def test_the_model_is_unchanged() -> None:
     model[2].eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     data = [(torch.randn(4, 1, 6, 6), torch.tensor([0, 1, 2, 0]))]
-    for method in ("hessian", "output"):
+    for method in ("hessian", "loss", "output"):
         bit_sensitivity(model, ["0", "4"], data, method=method, probes=2)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -328,7 +364,7 @@ def test_json_round_trip() -> None:
         ('{"format": "dopant-bit-sensitivity", "version": 2}', "'version' must be 1"),
         (
             '{"format": "dopant-bit-sensitivity", "version": 1, "method": "mse"}',
-            "'method' must be one of hessian, output",
+            "'method' must be one of hessian, loss, output",
         ),
         (
             '{"format": "dopant-bit-sensitivity", "version": 1, "method": "output", "weight": [], "act": {}}',

@@ -209,8 +209,9 @@ def register(command: Command) -> None:
     p.add_argument(
         "--sensitivity",
         default="hessian",
-        choices=("hessian", "output"),
-        help="bit-width sensitivity: HAWQ's Hessian trace, or the measured layer output error",
+        choices=("hessian", "loss", "output"),  # codesign.sensitivity.METHODS (imports torch)
+        help="bit-width sensitivity: HAWQ's Hessian trace, the measured loss increase, or the "
+        "measured layer output error",
     )
     p.add_argument(
         "--widths", type=_widths, default=(2, 4, 8), metavar="W,...", help="widths offered"
