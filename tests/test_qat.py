@@ -18,6 +18,7 @@ from xdsl.dialects.builtin import ModuleOp
 
 from dopant.compiler.calibrate import calibrate
 from dopant.compiler.fakequant import FakeQuantNetwork, finetune
+from dopant.compiler.fakequant.nodes import exact_product
 from dopant.compiler.frontend import import_model
 from dopant.compiler.irio import ir_text, parse_ir
 from dopant.compiler.models import zoo
@@ -110,6 +111,31 @@ def test_fake_quant_matches_the_integer_reference(name: str, w: int, a: int) -> 
     module, x = _zoo_ir(name)
     q = _quantized(module, w, a)
     _check_agreement(q, FakeQuantNetwork(q), x)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "mobilenetv2"])
+def test_without_gradients_the_float32_products_stay_bit_exact(name: str) -> None:
+    """Without gradients, convs and linears whose partial sums stay under 2^24 run in float32
+    (nodes.exact_product); the outputs must still be the integer reference's, bit for bit."""
+    module, x = _zoo_ir(name)
+    q = _quantized(module, 8, 8)
+    batched = q.clone()
+    run_pipeline(batched, f"set-batch{{size={len(x)}}}")
+    (want,) = reference.run(batched, x)
+    with torch.no_grad():
+        got = FakeQuantNetwork(q)(torch.from_numpy(x)).numpy()
+    assert np.array_equal(got, want)
+
+
+def test_float32_products_are_refused_where_they_would_round() -> None:
+    """2^24 + 1 has no float32: such a product stays in float64, exact."""
+    x = torch.tensor([[2.0**24 + 1, 3.0]], dtype=torch.float64)
+    w = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    with torch.no_grad():
+        assert exact_product(x, w, None).item() == 2**24 + 4  # by hand: (2^24 + 1) + 3
+        small = torch.tensor([[2.0**20 + 1, 3.0]], dtype=torch.float64)
+        got = exact_product(small, w, None)
+    assert got.dtype == torch.float64 and got.item() == 2**20 + 4
 
 
 @pytest.mark.parametrize(("w", "a"), WIDTHS)

@@ -133,7 +133,7 @@ class LayerNode:
         layer = env.layers[self.layer]
         step = layer.step()
         w = layer.quantized_weight(step)
-        acc = _product(x.u, w, self.conv)
+        acc = exact_product(x.u, w, self.conv)
         scale = layer.accumulator_scale(x.scale, step)
         bias = layer.quantized_bias(scale)
         if bias is not None:
@@ -145,7 +145,7 @@ class LayerNode:
         env.values[self.output] = Value(acc, scale)
 
 
-def _product(x: Tensor, w: Tensor, conv: Callable[[Tensor, Tensor], Tensor] | None) -> Tensor:
+def exact_product(x: Tensor, w: Tensor, conv: Callable[[Tensor, Tensor], Tensor] | None) -> Tensor:
     """x * w (a linear layer when `conv` is None) in integer units, float64. Without gradients,
     when no partial sum can reach FLOAT32_EXACT (max |x| times the largest Σ|w| of an output
     channel bounds every one), float32 computes it exactly: every product and partial sum is an
