@@ -7,7 +7,8 @@ equal *measured* latency, and do mixed bit widths beat uniform ones?
     python benchmarks/codesign.py --speed     # the speed goals only (cold, no fine-tune)
 
 For each model (ResNet-8 shipped, ResNet-20 trained by benchmarks/trained.py, cached), target
-and budget (a fraction of the dense W8A8 network's measured cycles on that target), the arms:
+and budget (a fraction of the dense W8A8 network's measured cycles on that target, or, with
+`--budgets w4a8,w4a4`, a uniform network's measured cycles: does (d) dominate it?), the arms:
   (a) mac     global magnitude pruning to a MAC target (Torch-Pruning style, `select_channels`
               with round_to=1), W8A8; the MAC fraction bisected until the *measured* cycles are
               at or under the budget and within 2% of it (rounds = measurements taken)
@@ -15,9 +16,12 @@ and budget (a fraction of the dense W8A8 network's measured cycles on that targe
   (c) w8a8, w4a8, w4a4: uniform widths, nothing pruned (no budget: one point each)
   (d) bits    `codesign(prune=False, bits=True)`: mixed precision under the budget
   (e) joint   `codesign(prune=True, bits=True)`
-  (f) bits-hessian, joint-hessian: (d) and (e) with HAWQ-V3's second-order sensitivity instead
-              of the measured loss increase (an ablation; not in the default arms)
-(d) and (e) cost bit widths by the measured loss increase (`sensitivity="loss"`). Saliency and
+  (f) bits-loss, joint-loss: (d) and (e) with the measured loss increase of each layer's
+              widths alone (`sensitivity="loss"`) instead of HAWQ-V3's estimate (an
+              ablation; not in the default arms)
+  (g) bits-48, bits-48-loss: (d) and (f) offering only the widths of (c), 4 and 8 (not in the
+              default arms)
+(d) and (e) cost bit widths by HAWQ-V3 (`sensitivity="hessian"`, the default). Saliency and
 sensitivity come from the 512 shipped calibration images with their labels (batches of 64),
 computed once per model and passed back (`scores=`, `sensitivity=`) to every later arm, budget and
 target; calibration uses the same images. Every arm gets the same fine-tune of its pruned (or
@@ -79,6 +83,9 @@ from dopant.passes.tile import clear_plan_caches
 RESULTS = Path(__file__).resolve().parent / "results"
 TOLERANCE = 0.02  # the band under the budget every budgeted arm must land in
 MAX_MEASUREMENTS = 16  # of the MAC-driven search
+# The joint arms halve the channel step no further: ResNet-8's joint arm at 0.3x on large32 was
+# still measuring its step-4 table (27 width combinations at every channel count) after 10 min.
+MIN_JOINT_STEP = 8
 EVAL_BATCH = 100  # FakeQuantNetwork runs fastest on small batches (float64 convs)
 CHECK_IMAGES = 64  # test images each network is checked on against the integer reference
 WIDTHS = (2, 4, 8)  # the widths the mixed-precision arms choose from (every preset has them)
@@ -89,15 +96,18 @@ ARMS = {
     "c": tuple(UNIFORM),
     "d": ("bits",),
     "e": ("joint",),
-    "f": ("bits-hessian", "joint-hessian"),
+    "f": ("bits-loss", "joint-loss"),
+    "g": ("bits-48", "bits-48-loss"),
 }
-# (prune, bits, sensitivity) of the arms that run the co-design loop
+# (prune, bits, sensitivity, widths) of the arms that run the co-design loop
 CODESIGN_ARMS = {
-    "sosp-h": (True, False, "loss"),
-    "bits": (False, True, "loss"),
-    "joint": (True, True, "loss"),
-    "bits-hessian": (False, True, "hessian"),
-    "joint-hessian": (True, True, "hessian"),
+    "sosp-h": (True, False, "hessian", WIDTHS),
+    "bits": (False, True, "hessian", WIDTHS),
+    "joint": (True, True, "hessian", WIDTHS),
+    "bits-loss": (False, True, "loss", WIDTHS),
+    "joint-loss": (True, True, "loss", WIDTHS),
+    "bits-48": (False, True, "hessian", (4, 8)),
+    "bits-48-loss": (False, True, "loss", (4, 8)),
 }
 LABELS = {
     "mac": "(a) MAC-driven W8A8",
@@ -107,8 +117,10 @@ LABELS = {
     "w4a4": "(c) uniform W4A4",
     "bits": "(d) mixed precision",
     "joint": "(e) joint",
-    "bits-hessian": "(f) mixed, HAWQ sensitivity",
-    "joint-hessian": "(f) joint, HAWQ sensitivity",
+    "bits-loss": "(f) mixed, measured-loss sensitivity",
+    "joint-loss": "(f) joint, measured-loss sensitivity",
+    "bits-48": "(g) mixed precision, 4/8 bits",
+    "bits-48-loss": "(g) mixed, 4/8 bits, measured-loss sensitivity",
 }
 FIELDS = (
     "model",
@@ -372,11 +384,12 @@ def group_sizes(groups) -> dict[str, int]:
     return {g.id: g.size for g in groups if g.prunable}
 
 
-def codesign_arm(state: ModelState, config: AccelConfig, fraction: float, arm: str) -> Row:
+def codesign_arm(state: ModelState, config: AccelConfig, budget: str, arm: str) -> Row:
     """(b), (d), (e): the co-design loop with the same fine-tune, the model's scores and
-    sensitivity passed in. The channel step is the array width (the default); when the pruning
-    arms cannot reach the budget at it, it is halved until they can (down to 1 channel)."""
-    prune, bits, method = CODESIGN_ARMS[arm]
+        sensitivity passed in. The channel step is the array width (the default); when the pruning
+        arms cannot reach the budget at it, it is halved until they can (down to 1 channel, to
+    MIN_JOINT_STEP for the joint arms)."""
+    prune, bits, method, widths = CODESIGN_ARMS[arm]
     data = state.data
     scores, score_s = state.once("sosp-h") if prune else (None, 0.0)
     sensitivity, sens_s = state.once(method) if bits else (method, 0.0)
@@ -393,6 +406,8 @@ def codesign_arm(state: ModelState, config: AccelConfig, fraction: float, arm: s
     start = time.perf_counter()
     failed: list[str] = []
     steps = [config.cols >> k for k in range(config.cols.bit_length())] if prune else [None]
+    if prune and bits:  # every width combination at every channel count: keep the table small
+        steps = [step for step in steps if step >= MIN_JOINT_STEP]
     for step in steps:
         try:
             result = codesign(
@@ -400,13 +415,13 @@ def codesign_arm(state: ModelState, config: AccelConfig, fraction: float, arm: s
                 data.example,
                 target=config,
                 calibration=data.calibration.x,
-                latency_budget=f"{fraction}x",
+                latency_budget=budget,
                 prune=prune,
                 bits=bits,
                 finetune=tune,
                 scores=scores,
                 sensitivity=sensitivity,
-                widths=WIDTHS,
+                widths=widths,
                 step=step,
                 tolerance=TOLERANCE,
                 log=lambda line: print(f"  {line}", flush=True),
@@ -476,23 +491,34 @@ def fmt(value: object) -> object:
     return f"{value:.6g}" if isinstance(value, float) else value
 
 
-def run_target(state: ModelState, target: str, budgets: list[float], arms: list[str], out: Path):
+def budget_text(key: str, name: str, target: str, out: Path) -> str:
+    """The latency budget `key` names: a fraction of the dense cycles ("0.5"), or a uniform
+    network's measured cycles on this target ("w4a8": its row must be in `out`)."""
+    if key not in UNIFORM:
+        return f"{key}x"
+    row = done_rows(out).get((name, target, "none", key))
+    if row is None:
+        raise SystemExit(f"budget '{key}' needs the {key} row of {name} on {target}: run arm c")
+    return f"{row['cycles']}cycles"
+
+
+def run_target(state: ModelState, target: str, budgets: list[str], arms: list[str], out: Path):
     config = load_target(target)
     dense = latency(quantized(state.model, state.data), config).total_cycles
     print(f"\n# {state.name} on {target}: dense W8A8 {dense:,} cycles", flush=True)
     for arm in [a for letter in arms for a in ARMS[letter]]:
-        plan = [("none", None)] if arm in UNIFORM else [(str(b), b) for b in budgets]
-        for key, fraction in plan:
+        for key in ["none"] if arm in UNIFORM else budgets:
             if (state.name, target, key, arm) in done_rows(out):
                 continue
             print(f"{state.name} {target} {key} {arm}", flush=True)
-            budget = LatencyBudget.parse(f"{fraction}x").cycles(config, dense) if fraction else ""
+            text = "" if arm in UNIFORM else budget_text(key, state.name, target, out)
+            budget = LatencyBudget.parse(text).cycles(config, dense) if text else ""
             if arm in UNIFORM:
                 row = uniform_arm(state, config, arm)
             elif arm == "mac":
                 row = mac_arm(state, config, budget)
             else:
-                row = codesign_arm(state, config, fraction, arm)
+                row = codesign_arm(state, config, text, arm)
             cycles = row["cycles"]
             row.update(
                 model=state.name,
@@ -519,7 +545,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default="resnet8,resnet20")
     parser.add_argument("--targets", default="edge16,large32")
-    parser.add_argument("--budgets", default="0.7,0.5,0.3")
+    parser.add_argument(
+        "--budgets",
+        default="0.7,0.5,0.3",
+        help="fractions of the dense cycles, or w4a8/w4a4 "
+        "(that uniform network's measured cycles, to test Pareto dominance)",
+    )
     parser.add_argument("--arms", default="a,b,c,d,e", help="letters of the arms (module doc)")
     parser.add_argument("--finetune", type=int, default=10000, help="training images")
     parser.add_argument("--test", type=int, default=10000, help="test images (smoke runs)")
@@ -529,8 +560,10 @@ def main() -> None:
     parser.add_argument("--report", help="CSV files (comma-separated): print and plot, run nothing")
     args = parser.parse_args()
     if args.report:
-        rows = [r for name in args.report.split(",") for r in done_rows(Path(name)).values()]
+        joined = {k: r for name in args.report.split(",") for k, r in done_rows(Path(name)).items()}
+        rows = list(joined.values())  # a row in several files: the last file's
         print_table(rows)
+        print_summary(rows)
         plot(rows, Path(args.plot))
         return
     torch.set_num_threads(1)  # a shared 2-core machine: threads would fight
@@ -543,7 +576,10 @@ def main() -> None:
     data = Data(calibration, train_set.subset(args.finetune), test.subset(args.test))
     out = Path(args.csv)
     out.parent.mkdir(exist_ok=True)
-    budgets = [float(b) for b in args.budgets.split(",")]
+    budgets = args.budgets.split(",")
+    for key in budgets:
+        if key not in UNIFORM and not key.replace(".", "", 1).isdigit():
+            parser.error(f"--budgets: '{key}' is not a fraction nor one of {', '.join(UNIFORM)}")
     arms = args.arms.split(",")
     states = {name: ModelState(name, trained(name), data) for name in args.models.split(",")}
     with threadpool_limits(limits=1, user_api="blas"):
@@ -553,6 +589,7 @@ def main() -> None:
                 run_target(state, target, budgets, arms, out)
     rows = list(done_rows(out).values())
     print_table(rows)
+    print_summary(rows)
     plot(rows, Path(args.plot))
 
 
@@ -598,7 +635,7 @@ def print_table(rows: list[dict[str, str]]) -> None:
     for r in sorted(rows, key=lambda r: row_order(r, order)):
         dense = int(r["dense_cycles"])
         cycles = int(r["cycles"])
-        budget = "-" if r["budget"] == "none" else f"{float(r['budget']):.1f}x"
+        budget = budget_label(r["budget"])
         acc = f"{float(r['acc']):.2%}" if r["acc"] else "-"
         accf = f"{float(r['acc_float']):.2%}" if r["acc_float"] else "-"
         fps = f"{float(r['fps']):,.0f}" if r["fps"] else "-"
@@ -610,8 +647,44 @@ def print_table(rows: list[dict[str, str]]) -> None:
         )
 
 
+def print_summary(rows: list[dict[str, str]]) -> None:
+    """The goals at a glance: per model, target and budget, each budgeted arm's top-1 and
+    measured cycles (as a fraction of the dense W8A8 network's)."""
+    arms = [a for a in LABELS if a not in UNIFORM]
+    present = [a for a in arms if any(r["arm"] == a for r in rows)]
+    print("\n| model | target | budget | " + " | ".join(LABELS[a] for a in present) + " |")
+    print("|---" * (3 + len(present)) + "|")
+    order = {arm: i for i, arm in enumerate(LABELS)}
+    keys = {(r["model"], r["target"], r["budget"]): r for r in rows if r["budget"] != "none"}
+    for key in sorted(keys, key=lambda k: row_order(keys[k], order)):
+        by_arm = {r["arm"]: r for r in rows if (r["model"], r["target"], r["budget"]) == key}
+        cells = [summary_cell(by_arm.get(a)) for a in present]
+        print(f"| {key[0]} | {key[1]} | {budget_label(key[2])} | " + " | ".join(cells) + " |")
+
+
+def summary_cell(r: dict[str, str] | None) -> str:
+    if r is None:
+        return ""
+    share = int(r["cycles"]) / int(r["dense_cycles"])
+    if not r["acc"]:
+        return f"infeasible (fastest {share:.1%})"
+    band = "" if r["status"] == "ok" else ", under the band"
+    return f"{float(r['acc']):.2%} ({share:.1%}{band})"
+
+
+def budget_label(key: str) -> str:
+    if key == "none":
+        return "-"
+    return f"at {key.upper()}" if key in UNIFORM else f"{float(key):.1f}x"
+
+
 def row_order(r: dict[str, str], order: dict[str, int]) -> tuple[object, ...]:
-    budget = -1.0 if r["budget"] == "none" else -float(r["budget"])
+    if r["budget"] == "none":
+        budget = -1.0
+    elif r["budget"] in UNIFORM:
+        budget = -int(r["budget_cycles"]) / int(r["dense_cycles"])
+    else:
+        budget = -float(r["budget"])
     return (r["model"], r["target"], budget, order[r["arm"]])
 
 
@@ -627,7 +700,7 @@ def plot(rows: list[dict[str, str]], path: Path) -> None:
     nrows = -(-len(panels) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(11, 4.2 * nrows), squeeze=False)
     markers = {"mac": "s", "sosp-h": "o", "bits": "^", "joint": "D"}
-    markers.update({"bits-hessian": "v", "joint-hessian": "d"})
+    markers.update({"bits-loss": "v", "joint-loss": "d", "bits-48": "P", "bits-48-loss": "X"})
     for ax, (model, target) in zip(axes.flat, panels, strict=False):
         mine = [r for r in rows if (r["model"], r["target"]) == (model, target) and r["acc"]]
         for arm in LABELS:
