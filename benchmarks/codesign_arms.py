@@ -18,7 +18,6 @@ from codesign_setup import (
     bits_detail,
     evaluate,
     finetune,
-    float_top1,
     kept_detail,
     macs_of,
     quantized,
@@ -28,6 +27,7 @@ from torch import nn
 
 from dopant.backend.target import AccelConfig
 from dopant.codesign import PruningPlan, codesign, prune_module
+from dopant.codesign.finish import torch_top1
 from dopant.codesign.loop import BudgetNotMet
 from dopant.codesign.pruning import Costs
 from dopant.codesign.select import Target, plan_for
@@ -55,7 +55,7 @@ def uniform_arm(state: ModelState, config: AccelConfig, arm: str) -> Row:
         "cycles": cycles,
         "macs": macs_of(tuned, state.data),
         "acc": acc,
-        "acc_float": float_top1(tuned, state.data.test),
+        "acc_float": torch_top1(tuned, (state.data.test.x, state.data.test.y)),
         "rounds": 1,
         "wall_s": wall + state.dense_tune_s,
         "loop_s": wall,
@@ -136,7 +136,7 @@ def mac_arm(state: ModelState, config: AccelConfig, budget: int) -> Row:
         "cycles": cycles,
         "macs": macs_of(model, data),
         "acc": acc,
-        "acc_float": float_top1(model, data.test),
+        "acc_float": torch_top1(model, (data.test.x, data.test.y)),
         "rounds": len(tried),
         "wall_s": wall,
         "loop_s": wall - tune_s,
@@ -224,7 +224,7 @@ def codesign_arm(state: ModelState, config: AccelConfig, budget: str, arm: str) 
         "step": step or "",
         "macs": macs_of(result.model, data),
         "acc": acc,
-        "acc_float": float_top1(result.model, data.test),
+        "acc_float": torch_top1(result.model, (data.test.x, data.test.y)),
         "rounds": len(result.rounds),
         "wall_s": wall,
         "loop_s": wall - tune_s,

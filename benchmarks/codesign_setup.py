@@ -33,7 +33,7 @@ MAX_MEASUREMENTS = 16  # of the MAC-driven search
 # The joint arms halve the channel step no further: ResNet-8's joint arm at 0.3x on large32 was
 # still measuring its step-4 table (27 width combinations at every channel count) after 10 min.
 MIN_JOINT_STEP = 8
-EVAL_BATCH = 100  # FakeQuantNetwork runs fastest on small batches (float64 convs)
+EVAL_BATCH = 100  # FakeQuantNetwork ran fastest on small batches
 CHECK_IMAGES = 64  # test images each network is checked on against the integer reference
 WIDTHS = (2, 4, 8)  # the widths the mixed-precision arms choose from (every preset has them)
 UNIFORM = {"w8a8": (8, 8), "w4a8": (4, 8), "w4a4": (4, 4)}
@@ -191,18 +191,6 @@ def evaluate(q, test: Dataset) -> tuple[float, float]:
         print("  FakeQuantNetwork differs from the integer reference: using the reference")
         logits = BatchedRunner(q).run(test.x)
     return top1(logits, test.y), time.perf_counter() - start
-
-
-def float_top1(model: nn.Module, test: Dataset) -> float:
-    model.eval()
-    with torch.no_grad():
-        logits = np.concatenate(
-            [
-                model(torch.from_numpy(test.x[i : i + 1000])).numpy()
-                for i in range(0, len(test), 1000)
-            ]
-        )
-    return top1(logits, test.y)
 
 
 def bits_detail(bits: dict[str, tuple[int, int]]) -> str:

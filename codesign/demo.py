@@ -176,11 +176,6 @@ def _codesigned(model: torch.nn.Module, calibration: Dataset, test: Dataset) -> 
     )
 
 
-def _torch_top1(model: torch.nn.Module, data: Dataset) -> float:
-    with torch.no_grad():
-        return top1(model.eval()(torch.from_numpy(data.x)).numpy(), data.y)
-
-
 def _compare(*rows: Row) -> None:
     dense = rows[0]
     print(
