@@ -32,8 +32,8 @@ activation it multiplies them with (`act[ℓ][b]`), on real data. Two methods:
   weights (Ω_w), or only its input (Ω_a), are at b bits and everything else stays float (a
   fall, noise at wide widths, counts as 0). In loss units like `hessian`, measured instead of
   extrapolated from second order: on the shipped ResNet-8 (512 images) the two agree within
-  ~3x at 4 bits, while at 2 bits `hessian` is 1-16x below the measured rise for weights and up
-  to 22x for inputs. But each cost is of one tensor alone, blind to how errors compound, and
+  ~3x at 4 bits, while at 2 bits `hessian` is up to 16x below the measured rise for weights and
+  up to 22x for inputs. But each cost is of one tensor alone, blind to how errors compound, and
   widths chosen by it did worse than by `hessian` in `benchmarks/codesign.py` (README). One
   forward pass per batch, layer, width and tensor; no backward.
 - `output`: the measured error at the layer's output on the calibration data: Ω_w(ℓ, b) is
