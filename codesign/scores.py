@@ -89,7 +89,7 @@ def group_saliency(
     if hessian not in HESSIANS:
         raise InputError(f"hessian '{hessian}' is not known; use one of {', '.join(HESSIANS)}.")
     prunable = [group for group in groups if group.prunable]
-    modules = _modules(model, prunable)
+    modules = group_modules(model, prunable)
     if method == "magnitude":
         return magnitude(prunable, modules)
     if batches is None:
@@ -117,7 +117,7 @@ def group_saliency(
     }
 
 
-def _modules(model: nn.Module, groups: Sequence[Group]) -> dict[str, nn.Module]:
+def group_modules(model: nn.Module, groups: Sequence[Group]) -> dict[str, nn.Module]:
     """The module of every member path, or an InputError naming the first the model lacks."""
     found = dict(model.named_modules())
     modules = {}

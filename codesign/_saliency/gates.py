@@ -39,6 +39,28 @@ def _width(module: nn.Module, path: str) -> int:
     )
 
 
+def gate_lookups(
+    groups: Sequence[Group], modules: dict[str, nn.Module]
+) -> list[tuple[nn.Module, Tensor]]:
+    """Per gate module of `groups`, the index of each of its output channels' gate in the
+    groups' gates side by side (in the order given), or their total count for a channel no
+    group gates (it is scaled by a constant 1)."""
+    size = sum(group.size for group in groups)
+    lookups: dict[str, Tensor] = {}
+    offset = 0
+    for group in groups:
+        for gate in group.gates:
+            if gate.path not in lookups:
+                width = _width(modules[gate.path], gate.path)
+                lookups[gate.path] = torch.full((width,), size, dtype=torch.long)
+            rows = torch.arange(offset, offset + group.size).repeat_interleave(
+                gate.channels.shape[1]
+            )
+            lookups[gate.path][torch.as_tensor(gate.channels.reshape(-1))] = rows
+        offset += group.size
+    return [(modules[path], lookup) for path, lookup in lookups.items()]
+
+
 class GatedNetwork:
     """`model` in eval mode with forward hooks that scale each gate module's output channels by
     their gates; `logits(c, x)` runs it for a gate vector c (parameters detached, untouched).
@@ -50,19 +72,7 @@ class GatedNetwork:
     def __init__(self, model: nn.Module, groups: Sequence[Group], modules: dict[str, nn.Module]):
         self.model = model
         self.size = sum(group.size for group in groups)
-        lookups: dict[str, Tensor] = {}
-        offset = 0
-        for group in groups:
-            for gate in group.gates:
-                if gate.path not in lookups:  # channel -> its gate, or `size` for a constant 1
-                    width = _width(modules[gate.path], gate.path)
-                    lookups[gate.path] = torch.full((width,), self.size, dtype=torch.long)
-                rows = torch.arange(offset, offset + group.size).repeat_interleave(
-                    gate.channels.shape[1]
-                )
-                lookups[gate.path][torch.as_tensor(gate.channels.reshape(-1))] = rows
-            offset += group.size
-        self._lookups = [(modules[path], lookup) for path, lookup in lookups.items()]
+        self._lookups = gate_lookups(groups, modules)
         floats = [p for p in model.parameters() if p.is_floating_point()]
         self.dtype = floats[0].dtype if floats else torch.get_default_dtype()
         self.device = floats[0].device if floats else torch.device("cpu")
