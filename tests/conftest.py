@@ -1,7 +1,9 @@
 """Test-wide settings.
 
 - One BLAS thread, so numpy's timings do not collapse when the two cores of a shared machine
-  are busy (two BLAS threads fighting another process ran 100x slower here).
+  are busy (two BLAS threads fighting another process ran 100x slower here), and one torch
+  thread per worker for the same reason (torch's two intra-op threads under `-n 2` made the
+  sensitivity tests 3-20x slower).
 - No hypothesis deadline: a loaded machine (or `pytest -n 2` beside other jobs) makes any
   example slow now and then, and a deadline then fails a correct test.
 - Every test's `tmp_path` is its temporary directory: `tempfile` and subprocesses (TMPDIR)
@@ -33,9 +35,12 @@ settings.load_profile("dopant")
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _one_blas_thread() -> Iterator[None]:
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     with threadpool_limits(limits=1, user_api="blas"):
         yield
+    torch.set_num_threads(threads)
 
 
 def _use_temp_dir(patch: pytest.MonkeyPatch, folder: Path) -> None:

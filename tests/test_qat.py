@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
 from functools import cache
 
 import numpy as np
@@ -39,16 +38,6 @@ from dopant.runtime import reference
 from dopant.support.errors import InputError
 
 WIDTHS = [(8, 8), (4, 8), (4, 4), (2, 8)]
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    # torch's float64 depthwise convolution slows down ~400x with 2 OpenMP threads on a busy
-    # 2-core machine; one thread keeps these tests fast whatever else runs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _images(rng: np.random.Generator, n: int, sample: tuple[int, ...]) -> np.ndarray:

@@ -9,7 +9,6 @@ numpy from its definition (symmetric per-channel weights, zero-point-0 activatio
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -26,16 +25,6 @@ from dopant.codesign.sensitivity import (
     weight_error,
 )
 from dopant.support.errors import DopantError, InputError
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from threads, and two intra-op threads on a busy two-core
-    machine (or beside another pytest worker) made these tests 5-20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class Tiny(nn.Module):
