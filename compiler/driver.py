@@ -104,13 +104,13 @@ class CompiledModel:
 def quantize_pass(options: dict[str, Any]) -> QuantizePass:
     """The quantize pass with `options` (QuantizePass's fields); bad option names fail here,
     before any work."""
-    try:
-        quantizer = QuantizePass(**options)
-    except TypeError:
-        valid = ", ".join(f.name for f in dataclasses.fields(QuantizePass))
+    names = [f.name for f in dataclasses.fields(QuantizePass)]
+    unknown = sorted(set(options) - set(names))
+    if unknown:
         raise InputError(
-            f"unknown quantize option(s) {sorted(options)}; the options are {valid}."
-        ) from None
+            f"unknown quantize option(s) {unknown}; the options are {', '.join(names)}."
+        )
+    quantizer = QuantizePass(**options)
     quantizer.check_options()
     return quantizer
 

@@ -6,6 +6,11 @@
     loss = objective(F.cross_entropy(model(x), y))    # + weight * relu(E[cycles] / budget - 1)
     result = finalize(model, x[:1], lut, gates=gates, bits=bits, calibration=x)
 
+The accelerator as a metric, at the end of an epoch of a plain PyTorch loop:
+
+    hardware = HardwareMetrics("edge16", x[:1], calibration=x[:64], csv="hardware.csv")
+    hardware(model, epoch)     # cycles, FPS, utilization, energy, DRAM bytes of the model now
+
 `LatencyLUT` holds the latency table as tensors and gives the expected cycles of soft choices
 with gradients; `ChannelGates` and `BitChoices` are those soft choices on a torch model;
 `LatencyLoss` and the loss functions turn the expected cycles into loss terms; `finalize` turns
@@ -27,6 +32,8 @@ _EXPORTS = {
     "fbnet_loss": "dopant.codesign.training.losses",
     "finalize": "dopant.codesign.training.finalize",
     "Finalized": "dopant.codesign.training.finalize",
+    "HardwareMetrics": "dopant.codesign.training.metrics",
+    "HardwareSample": "dopant.codesign.training.logs",
 }
 
 __all__ = sorted(_EXPORTS)
