@@ -4,6 +4,7 @@
     net = FakeQuantNetwork(q)                  # agrees with reference.run(q, x), bit for bit
     finetune(net, images, labels, epochs=3)    # LSQ: weights, biases and steps are learned
     q2 = net.export()                          # integer IR again; reference.run(q2) == net
+    env = net.run_nodes(slice(a, b), inputs)   # a span of the nodes (stage-wise training)
 
 `FakeQuantNetwork` simulates the integer network op by op in float64 tensors of integer units
 (fakequant.numerics): the integer rescalings (requantize, add, average pooling) take their forward
@@ -16,6 +17,8 @@ learned step per activation tensor, each step's gradient scaled by 1 / sqrt(N Q_
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,9 +26,9 @@ from torch import Tensor, nn
 from xdsl.dialects.builtin import ModuleOp
 
 from dopant.compiler.fakequant import numerics as qn
-from dopant.compiler.fakequant.build import build
+from dopant.compiler.fakequant.build import Program, build
 from dopant.compiler.fakequant.export import export_ir
-from dopant.compiler.fakequant.nodes import Env
+from dopant.compiler.fakequant.nodes import Env, Value
 from dopant.support.errors import InputError
 
 
@@ -84,11 +87,29 @@ class FakeQuantNetwork(nn.Module):
             raise InputError(
                 f"the network takes inputs of shape [N, {shown}], got {list(x.shape)}."
             )
-        env = Env(x, self.activation_steps(), self._program.layers)
-        for node in self._program.nodes:
+        output = self.run_nodes(slice(None), x).output
+        assert output is not None, "build() checks that @forward ends in a dequantize"
+        return output
+
+    @property
+    def program(self) -> Program:
+        """What the network runs: `nodes` in IR order, `ops[i]` the op node i runs, `ids` the
+        id of each value a node writes, and the keys of its steps and layers."""
+        return self._program
+
+    def run_nodes(self, nodes: slice, inputs: Tensor | Mapping[int, Value]) -> Env:
+        """Run `program.nodes[nodes]` and return what they computed (`Env.values` by id, and
+        `Env.output` when the span ends the network): on the float input batch `inputs` when
+        the span starts at the network's input, else on the integer values it reads, by id
+        (`Value`s in integer units with their steps, as an earlier span computed them)."""
+        steps, layers = self.activation_steps(), self._program.layers
+        if isinstance(inputs, Tensor):
+            env = Env(inputs, steps, layers)
+        else:
+            env = Env(torch.empty(0), steps, layers, dict(inputs))
+        for node in self._program.nodes[nodes]:
             node.run(env)
-        assert env.output is not None, "build() checks that @forward ends in a dequantize"
-        return env.output
+        return env
 
     def export(self) -> ModuleOp:
         """The source IR with the learned integers and scales (see `fakequant.export.export_ir`);

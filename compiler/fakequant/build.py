@@ -87,6 +87,8 @@ class Program:
 
     input_shape: tuple[int, ...]
     nodes: list[Node] = field(default_factory=list)
+    ops: list[Operation] = field(default_factory=list)  # the op each node runs, by position
+    ids: dict[SSAValue, int] = field(default_factory=dict)  # value a node writes -> its id
     steps: dict[str, ActivationStep] = field(default_factory=dict)  # one per tied group
     alias: dict[str, str] = field(default_factory=dict)  # step key -> key of its group
     layers: dict[str, FakeQuantLayer] = field(default_factory=dict)
@@ -121,7 +123,13 @@ def build(module: ModuleOp) -> Program:
         raise InputError(f"the @forward input is {args[0].type}; an f32 tensor was expected.")
     builder = _Builder(Program(shape(args[0].type)), args[0])
     for op in fn.body.block.ops:
+        before = len(builder.program.nodes)
         builder.add(op)
+        if len(builder.program.nodes) > before:
+            # The last node, appended at the return, runs the dequantize it returns.
+            source = op.operands[0].owner if isinstance(op, ReturnOp) else op
+            assert isinstance(source, Operation)
+            builder.program.ops.append(source)
     program = builder.program
     if not program.nodes or not isinstance(program.nodes[-1], DequantizeNode):
         raise InputError("@forward returns no qnn.dequantize result; is the module quantized?")
@@ -135,7 +143,7 @@ class _Builder:
     def __init__(self, program: Program, arg: SSAValue) -> None:
         self.program = program
         self.arg = arg
-        self.ids: dict[SSAValue, int] = {}
+        self.ids = program.ids
         self.params: dict[SSAValue, QuantParamsAttr] = {}
         self.accumulators: dict[SSAValue, np.ndarray] = {}  # si32 value -> S_x * S_w
         self.dequantized: dict[SSAValue, int] = {}  # f32 result -> id of its integer value
