@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from dopant.codesign.progressive import one_jump, progressive
 from dopant.codesign.ptqkd import ptq_kd, whole_network_kd
 from dopant.compiler.driver import latency
 from dopant.compiler.models.datasets import load_fashion_mnist, load_sample
@@ -68,6 +67,8 @@ def append_row(path: Path, row: dict[str, object]) -> None:
 
 
 def qat_arm(arm: str, name: str, bits: str, data: dict, epochs: int) -> dict[str, object]:
+    from dopant.codesign.progressive import one_jump, progressive
+
     start = time.perf_counter()
     run = one_jump if arm == "one-jump" else progressive
     result = run(
