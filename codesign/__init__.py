@@ -9,6 +9,12 @@ Under a latency budget measured on the machine:
     from dopant.codesign import codesign, LatencyTable
     result = codesign(model, x[:1], target="edge16", calibration=x, latency_budget="0.5x")
 
+Stage by stage (each stage started from the last and fine-tuned as an integer network), from
+the module of that name (the package keeps `progressive` for the module):
+
+    from dopant.codesign.progressive import one_jump, progressive
+    result = progressive(model, x[:1], schedule="w8a8,w4a8,w4a4", train_data=(x, y))
+
 `prune(model, example_inputs, batches, method="sosp-h", target="macs=0.5")` prunes a torch
 model globally to a target; `model_groups` lists its coupling groups, `saliency` scores their
 channels, `prune_module(model, plan)` applies a plan to a torch model in place. The names are

@@ -36,15 +36,22 @@ def fold(
     return folded_weight, folded_bias
 
 
+def folds_into(norm: BatchNormOp) -> Conv2DOp | LinearOp | None:
+    """The conv or linear layer `norm` folds into: the one that computes its input, with no
+    fused activation and no other user of its result (None if there is no such layer)."""
+    layer = norm.input.owner
+    if not isinstance(layer, Conv2DOp | LinearOp) or layer.act is not None:
+        return None
+    return layer if layer.output.has_one_use() else None
+
+
 class FoldIntoLayer(RewritePattern):
     """batch_norm(conv(x, W, b)) -> conv(x, W', b') when the conv feeds only the norm."""
 
     @op_type_rewrite_pattern
     def match_and_rewrite(self, norm: BatchNormOp, rewriter: PatternRewriter) -> None:
-        layer = norm.input.owner
-        if not isinstance(layer, Conv2DOp | LinearOp) or layer.act is not None:
-            return
-        if not layer.output.has_one_use():
+        layer = folds_into(norm)
+        if layer is None:
             return
         weight, bias = constant_array(layer.weight), constant_array(layer.bias)
         stats = [constant_array(v) for v in (norm.scale, norm.shift, norm.mean, norm.var)]

@@ -1,5 +1,5 @@
 """The co-design commands: the main job (`dopant demo`), `dopant groups`, `dopant prune`,
-`dopant codesign` and `dopant ptq-kd`.
+`dopant codesign`, `dopant progressive` and `dopant ptq-kd`.
 
 Registered through the `dopant.commands` entry point (pyproject.toml), so the compiler's CLI
 finds them without importing codesign.
@@ -7,7 +7,7 @@ finds them without importing codesign.
 
 from __future__ import annotations
 
-from dopant.codesign.cli import loop, prune, ptqkd
+from dopant.codesign.cli import loop, progressive, prune, ptqkd
 from dopant.compiler.cli.options import Command
 
 
@@ -15,4 +15,5 @@ def register(command: Command) -> None:
     """Add the co-design commands to the CLI."""
     prune.register(command)
     loop.register(command)
+    progressive.register(command)
     ptqkd.register(command)

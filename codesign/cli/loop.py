@@ -11,23 +11,10 @@ prints the rounds (selector budget, predicted, measured) and a per-layer before/
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
-from dopant.compiler.cli.model_options import (
-    add_model_arguments,
-    check_model_arguments,
-    loaded_model,
-)
-from dopant.compiler.cli.options import (
-    SPEC_HELP,
-    Command,
-    add_data_options,
-    preprocess_of,
-    shows_progress,
-)
-
-if TYPE_CHECKING:
-    from dopant.compiler.models.datasets import Dataset
+from dopant.codesign.cli.common import check_torch_model_and_folder, labelled_data
+from dopant.compiler.cli.model_options import add_model_arguments, loaded_model
+from dopant.compiler.cli.options import SPEC_HELP, Command, add_data_options, shows_progress
 
 # The fine-tune --finetune-epochs runs: dopant's training recipe (compiler.models.train), at the
 # rate and batch the main job's fine-tune uses on the 512 shipped images; --qat-epochs then
@@ -37,19 +24,12 @@ FINETUNE_LR, FINETUNE_BATCH, QAT_LR = 0.02, 64, 1e-3
 
 def _check(args: argparse.Namespace) -> None:
     """Every check that needs no work."""
-    from pathlib import Path
-
     from dopant.backend.presets import load_target
     from dopant.codesign.budget import LatencyBudget
     from dopant.passes.set_bits import check_bits
     from dopant.support.errors import InputError
 
-    check_model_arguments(argparse.Namespace(**{**vars(args), "output": None}))  # -o: a folder
-    if args.model.endswith(".mlir") or args.model == "-":
-        raise InputError(
-            f"co-design scores channels on the torch model, but '{args.model}' is IR; give "
-            "the model (zoo:NAME or file.py:factory)."
-        )
+    check_torch_model_and_folder(args, "co-design scores channels on the torch model")
     LatencyBudget.parse(args.latency_budget)
     load_target(args.target)
     if args.no_prune and args.no_bits:
@@ -61,13 +41,6 @@ def _check(args: argparse.Namespace) -> None:
             f"--finetune-epochs and --qat-epochs must be 0 or more and --max-rounds at least 1, "
             f"got {args.finetune_epochs}, {args.qat_epochs} and {args.max_rounds}."
         )
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"-o {args.output} is a file; give a folder for the results.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"cannot create the folder -o {args.output}: {error.strerror}.") from None
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -77,24 +50,6 @@ def _widths(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"'{text}' is not a list of bit widths such as 2,4,8"
         ) from None
-
-
-def _labelled(
-    args: argparse.Namespace, spec: str, split: str, what: str, shape: tuple[int, ...]
-) -> Dataset:
-    from dopant.compiler.inputs import load_samples
-    from dopant.compiler.models.datasets import Dataset
-    from dopant.support.errors import InputError
-
-    data = load_samples(
-        spec, shape, split=split, preprocess=preprocess_of(args), show=shows_progress(args)
-    )
-    if data.y is None:
-        raise InputError(
-            f"{data.source} has no labels, and {what} needs them; give a .npz with images 'x' "
-            "and int labels 'y', a folder of class subfolders, or 'sample'."
-        )
-    return Dataset(data.x, data.y)
 
 
 def _cmd_codesign(args: argparse.Namespace) -> None:
@@ -109,8 +64,8 @@ def _cmd_codesign(args: argparse.Namespace) -> None:
     _check(args)
     loaded = loaded_model(args)
     shape = tuple(loaded.example_input.shape[1:])
-    calibration = _labelled(args, args.calibration, "calibration", "co-design", shape)
-    evaluation = _labelled(args, args.eval, "test", "--eval", shape) if args.eval else None
+    calibration = labelled_data(args, args.calibration, "calibration", "co-design", shape)
+    evaluation = labelled_data(args, args.eval, "test", "--eval", shape) if args.eval else None
     batches = [
         (torch.from_numpy(calibration.x[i : i + 64]), torch.from_numpy(calibration.y[i : i + 64]))
         for i in range(0, len(calibration.x), 64)

@@ -66,6 +66,16 @@ class FakeQuantNetwork(nn.Module):
         """The input shape of the IR; any batch size (axis 0) is accepted."""
         return self._program.input_shape
 
+    def layer_paths(self) -> dict[str, str]:
+        """The op path (the torch module path) of each conv/linear layer, by its key in
+        `layers`."""
+        return {key: op.path.data for op, key in self._program.layer_of.items()}
+
+    def step_qmax(self) -> dict[str, int]:
+        """Q_P, the largest integer of its storage type, of each learned activation step, by
+        its key in `steps`: two steps of one key and Q_P quantize to the same grid."""
+        return {key: step.qmax for key, step in self._program.steps.items()}
+
     def activation_steps(self) -> dict[str, Tensor]:
         """The step every activation key uses in the forward pass: positive, with LSQ's gradient
         scale; steps tied by a concat share one tensor."""

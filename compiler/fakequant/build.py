@@ -93,7 +93,7 @@ class Program:
     alias: dict[str, str] = field(default_factory=dict)  # step key -> key of its group
     layers: dict[str, FakeQuantLayer] = field(default_factory=dict)
     step_of: dict[SSAValue, str] = field(default_factory=dict)  # activation -> step key
-    layer_of: dict[Operation, str] = field(default_factory=dict)  # conv/linear -> layer key
+    layer_of: dict[Conv2DOp | LinearOp, str] = field(default_factory=dict)  # layer -> key
 
 
 def _where(op: Operation) -> str:

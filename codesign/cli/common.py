@@ -1,0 +1,54 @@
+"""What the commands that train or score a torch model and write a folder share: the checks of
+the model argument and of the output folder, and labelled data from a SPEC."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from dopant.compiler.cli.model_options import check_model_arguments
+from dopant.compiler.cli.options import preprocess_of, shows_progress
+
+if TYPE_CHECKING:
+    from dopant.compiler.models.datasets import Dataset
+
+
+def check_torch_model_and_folder(args: argparse.Namespace, doing: str) -> None:
+    """The model arguments (a torch model, not IR: `doing` says why, as in "co-design scores
+    channels on the torch model") and `-o`, a folder, created if missing."""
+    from pathlib import Path
+
+    from dopant.support.errors import InputError
+
+    check_model_arguments(argparse.Namespace(**{**vars(args), "output": None}))  # -o: a folder
+    if args.model.endswith(".mlir") or args.model == "-":
+        raise InputError(
+            f"{doing}, but '{args.model}' is IR; give the model (zoo:NAME or file.py:factory)."
+        )
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"-o {args.output} is a file; give a folder for the results.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"cannot create the folder -o {args.output}: {error.strerror}.") from None
+
+
+def labelled_data(
+    args: argparse.Namespace, spec: str, split: str, what: str, shape: tuple[int, ...]
+) -> Dataset:
+    """The images and labels `spec` names (`split` of `sample`), preprocessed by `args`' data
+    options; InputError if it has no labels, which `what` needs."""
+    from dopant.compiler.inputs import load_samples
+    from dopant.compiler.models.datasets import Dataset
+    from dopant.support.errors import InputError
+
+    data = load_samples(
+        spec, shape, split=split, preprocess=preprocess_of(args), show=shows_progress(args)
+    )
+    if data.y is None:
+        raise InputError(
+            f"{data.source} has no labels, and {what} needs them; give a .npz with images 'x' "
+            "and int labels 'y', a folder of class subfolders, or 'sample'."
+        )
+    return Dataset(data.x, data.y)
