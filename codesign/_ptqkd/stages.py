@@ -22,7 +22,7 @@ from xdsl.ir import Operation, SSAValue
 from dopant.compiler.fakequant import FakeQuantNetwork
 from dopant.compiler.fakequant.build import Program
 from dopant.compiler.summary import macs
-from dopant.dialects.qnn import AddOp, QnnOp
+from dopant.dialects.qnn import AddOp, Conv2DOp, LinearOp, QnnOp
 from dopant.dialects.qnn.values import output_params
 from dopant.support.errors import InputError
 
@@ -207,7 +207,11 @@ def plan_stages(network: FakeQuantNetwork, cuts: list[Cut]) -> list[Stage]:
     stages = []
     for index, (start, stop) in enumerate(pairwise(bounds)):
         ops = program.ops[start:stop]
-        layers = {program.layer_of[op]: _path(op) for op in ops if op in program.layer_of}
+        layers = {
+            program.layer_of[op]: _path(op)
+            for op in ops
+            if isinstance(op, Conv2DOp | LinearOp) and op in program.layer_of
+        }
         steps = {key for key, used in users.items() if used == {index}}
         owned = tuple(
             name
