@@ -162,6 +162,8 @@ def progressive(
             saved = load_run(out, fingerprint, [str(s) for s in stages])
         elif out is not None:
             clear(out)
+        float_ir = imported.clone()
+        run_pipeline(float_ir, "fold-batchnorm")
         run = _Run(
             config,
             stages,
@@ -171,12 +173,11 @@ def progressive(
             images,
             evaluation,
             None if evaluation is None else torch_top1(model, evaluation),
+            Costs.of(float_ir),
             out,
             fingerprint,
             log or (lambda _: None),
         )
-        float_ir = imported.clone()
-        run_pipeline(float_ir, "fold-batchnorm")
         return run.go(fold_batchnorms(model, imported), float_ir, saved)
 
 
@@ -209,7 +210,8 @@ def one_jump(
 @dataclass
 class _Run:
     """One progressive run: its settings and data, the float model's top-1 on the evaluation
-    data, and where its finished stages are saved (`out`, None: nowhere) with its fingerprint."""
+    data and its costs (the dense network's, which pruning targets are fractions of), and where
+    its finished stages are saved (`out`, None: nowhere) with its fingerprint."""
 
     config: AccelConfig
     stages: list[Stage]
@@ -219,6 +221,7 @@ class _Run:
     calibration: np.ndarray
     evaluation: Data | None
     float_top1: float | None
+    dense: Costs
     out: Path | None
     fingerprint: dict[str, Any]
     log: Callable[[str], None]
@@ -232,7 +235,6 @@ class _Run:
     ) -> ProgressiveResult:
         """Run the stages from the folded `model` and its IR `float_ir` after the `saved` ones
         of this run, then compile the last network."""
-        self.dense = Costs.of(float_ir)
         records = [s.record for s in saved]
         previous: FakeQuantNetwork | None = None
         quantized = None

@@ -14,6 +14,7 @@ from torch import nn
 from dopant.backend.presets import preset
 from dopant.codesign._progressive.carry import Carried, carry, with_weights, write_back
 from dopant.codesign._progressive.fold import fold_batchnorms
+from dopant.codesign._progressive.inputs import one_thread
 from dopant.codesign.progressive import parse_schedule
 from dopant.compiler.driver import quantize_network
 from dopant.compiler.evaluate import BatchedRunner
@@ -29,11 +30,9 @@ EDGE16 = preset("edge16")
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread() -> Iterator[None]:
+    with one_thread():  # as progressive() trains
+        yield
 
 
 def test_a_schedule_has_widths_and_cumulative_pruning_targets() -> None:

@@ -47,17 +47,18 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _comparison(result: ProgressiveResult, baseline: ProgressiveResult) -> str:
-    """One line per arm: final top-1 and cycles of the progressive run and the one jump."""
+    """One line per arm: epochs, final top-1 and cycles of the progressive run and the one
+    jump."""
     last = result.records[-1]
     epochs = sum(r.epochs for r in result.records)
     rows = [
-        (f"progressive ({len(result.records)} stages)", epochs, result.top1),
-        (f"one jump to {last.stage}", baseline.records[0].epochs, baseline.top1),
+        (f"progressive ({len(result.records)} stages)", epochs, result),
+        (f"one jump to {last.stage}", baseline.records[0].epochs, baseline),
     ]
-    lines = [f"{'':<30} {'epochs':>6} {'top-1':>8}"]
-    for label, count, top1 in rows:
-        shown = "-" if top1 is None else f"{top1:.2%}"
-        lines.append(f"{label:<30} {count:>6} {shown:>8}")
+    lines = [f"{'':<30} {'epochs':>6} {'top-1':>8} {'cycles':>10}"]
+    for label, count, arm in rows:
+        shown = "-" if arm.top1 is None else f"{arm.top1:.2%}"
+        lines.append(f"{label:<30} {count:>6} {shown:>8} {arm.cycles:>10,}")
     return "\n".join(lines)
 
 
