@@ -20,7 +20,13 @@ from xdsl.dialects.builtin import ModuleOp
 
 from dopant.codesign._ptqkd.stages import Stage, plan_stages
 from dopant.codesign.finish import check_bit_exact
-from dopant.codesign.ptqkd import PtqKdResult, parse_bits, ptq_kd, stage_cuts
+from dopant.codesign.ptqkd import (
+    PtqKdResult,
+    parse_bits,
+    ptq_kd,
+    stage_cuts,
+    whole_network_kd,
+)
 from dopant.compiler.cli import main
 from dopant.compiler.driver import CANONICAL_PIPELINE, compile_module, quantize_network
 from dopant.compiler.fakequant import FakeQuantNetwork
@@ -31,7 +37,7 @@ from dopant.compiler.models.datasets import load_sample
 from dopant.compiler.models.pretrained import load_pretrained
 from dopant.compiler.pipeline import run_pipeline
 from dopant.dialects.qnn import QnnOp
-from dopant.support.errors import InputError
+from dopant.support.errors import DopantError, InputError
 
 IMAGES = 16  # calibration = training images
 # The recipe of the in-process run and of the CLI run with Ray: they must agree.
@@ -136,6 +142,38 @@ def test_a_bad_boundary_is_an_error_naming_its_path(
 def test_bad_bits_are_refused(bits: str) -> None:
     with pytest.raises(InputError, match=f"bits '{bits}' is not wXaY"):
         parse_bits(bits)
+
+
+GOOD = np.zeros((2, 1, 28, 28), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"epochs": -1}, "epochs must be 0 or more, got -1"),
+        ({"lr": 0.0}, "the learning rate must be positive, got 0.0"),
+        ({"batch_size": 0}, "the batch size must be positive, got 0"),
+        ({"stages": 0}, "stages must be at least 1, got 0"),
+        ({"weight_clip": "max"}, "weight-clip 'max' is not known"),
+        ({"workers": 0}, "workers must be a whole number of at least 1, got 0"),
+        (
+            {"calibration": np.zeros((2, 3, 28, 28))},
+            r"calibration has shape \[2, 3, 28, 28\], but the model takes samples of shape "
+            r"\[1, 28, 28\]",
+        ),
+        ({"train_images": [GOOD]}, "train_images must be an array or tensor of samples, got list"),
+        ({"eval_data": (GOOD, np.zeros(2))}, "eval_data: labels have dtype float64"),
+    ],
+)
+def test_bad_options_are_refused_before_any_work(options: dict[str, object], message: str) -> None:
+    data: dict[str, object] = {"calibration": GOOD, "train_images": GOOD}
+    with pytest.raises(DopantError, match=message):
+        ptq_kd(zoo.get("resnet8").build(), torch.from_numpy(GOOD[:1]), **{**data, **options})  # type: ignore[arg-type]
+
+
+def test_the_baseline_takes_no_stages() -> None:
+    with pytest.raises(InputError, match="whole_network_kd trains the network as one stage"):
+        whole_network_kd(zoo.get("resnet8").build(), torch.from_numpy(GOOD[:1]), stages=2)
 
 
 @pytest.fixture(scope="module")
