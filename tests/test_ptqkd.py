@@ -280,22 +280,27 @@ def test_the_cli_with_two_ray_workers_gives_the_weights_of_one_process(
     assert "stage from      to" in printed
 
 
-def test_the_cli_refuses_an_unreachable_ray_address_at_once(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--address", "ray://127.0.0.1:1"], "cannot reach the Ray cluster at 'ray://127.0.0.1:1'"),
+        (["--bits", "w4"], "bits 'w4' is not wXaY"),
+        (["--stages", "0"], "--stages must be at least 1, got 0"),
+        (["--limit", "-1"], "--epochs and --limit must be 0 or more"),
+        (["-o", "taken"], "-o taken is a file; give a folder for the results"),
+    ],
+)
+def test_the_cli_refuses_bad_options_at_once(
+    extra: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").write_text("")
     start = time.perf_counter()
-    code = main(
-        [
-            "ptq-kd",
-            "zoo:resnet8",
-            "--address",
-            "ray://127.0.0.1:1",
-            "--calibration",
-            "sample",
-            "-o",
-            str(tmp_path / "out"),
-        ]
-    )
+    code = main(["ptq-kd", "zoo:resnet8", "--calibration", "sample", "-o", "out", *extra])
     assert code == 1
-    assert "cannot reach the Ray cluster at 'ray://127.0.0.1:1'" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
     assert time.perf_counter() - start < 5

@@ -37,12 +37,11 @@ FINETUNE_LR, FINETUNE_BATCH, QAT_LR = 0.02, 64, 1e-3
 
 def _check(args: argparse.Namespace) -> None:
     """Every check that needs no work."""
-    from pathlib import Path
-
     from dopant.backend.presets import load_target
     from dopant.codesign.budget import LatencyBudget
     from dopant.passes.set_bits import check_bits
     from dopant.support.errors import InputError
+    from dopant.support.files import make_folder
 
     check_model_arguments(argparse.Namespace(**{**vars(args), "output": None}))  # -o: a folder
     if args.model.endswith(".mlir") or args.model == "-":
@@ -61,13 +60,7 @@ def _check(args: argparse.Namespace) -> None:
             f"--finetune-epochs and --qat-epochs must be 0 or more and --max-rounds at least 1, "
             f"got {args.finetune_epochs}, {args.qat_epochs} and {args.max_rounds}."
         )
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"-o {args.output} is a file; give a folder for the results.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"cannot create the folder -o {args.output}: {error.strerror}.") from None
+    make_folder(args.output)
 
 
 def _widths(text: str) -> tuple[int, ...]:
