@@ -57,10 +57,16 @@ from dopant.codesign._ptqkd.teacher import disagreements, features
 from dopant.codesign._ptqkd.train import StageTask, stitch, stitched_errors, train_stage
 from dopant.codesign.finish import check_bit_exact
 from dopant.codesign.ptqkd_result import PtqKdResult, StageReport
-from dopant.compiler.driver import CANONICAL_PIPELINE, compile_module, quantize_network
+from dopant.compiler.driver import (
+    CANONICAL_PIPELINE,
+    compile_module,
+    quantize_network,
+    quantize_pass,
+)
 from dopant.compiler.evaluate import BatchedRunner, top1
 from dopant.compiler.fakequant import FakeQuantNetwork
 from dopant.compiler.frontend import import_model
+from dopant.compiler.inputs.batches import checked_labels, checked_samples
 from dopant.compiler.irio import ir_text, parse_ir
 from dopant.compiler.pipeline import run_pipeline
 from dopant.dialects.qnn.attrs import LAYER_WIDTHS
@@ -125,10 +131,22 @@ def ptq_kd(
     """
     say = log or (lambda _: None)
     weight_bits, act_bits = parse_bits(bits)
+    quantize: dict[str, Any] = {
+        "weight_bits": weight_bits,
+        "act_bits": act_bits,
+        "weight_clip": weight_clip,
+    }
+    quantize_pass(quantize)  # checks the options before any work
     _check_recipe(epochs, lr, batch_size, stages)
     distributed.check_workers(workers, address)
     config = target if isinstance(target, AccelConfig) else load_target(target)
-    images, train = _images(calibration, "calibration"), _images(train_images, "train_images")
+    example = example_inputs if isinstance(example_inputs, Tensor) else example_inputs[0]
+    sample = tuple(example.shape[1:])
+    images = _images(calibration, sample, "calibration")
+    train = _images(train_images, sample, "train_images")
+    if eval_data is not None:
+        x = _images(eval_data[0], sample, "the eval_data images")
+        eval_data = (x, checked_labels(np.asarray(eval_data[1]), len(x), "eval_data"))
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -139,14 +157,7 @@ def ptq_kd(
 
     canonical = import_model(model, example_inputs)
     run_pipeline(canonical, CANONICAL_PIPELINE)
-    ptq = quantize_network(
-        canonical,
-        images,
-        method=method,
-        weight_bits=weight_bits,
-        act_bits=act_bits,
-        weight_clip=weight_clip,
-    )
+    ptq = quantize_network(canonical, images, method=method, **quantize)
     text = ir_text(ptq)
     network = FakeQuantNetwork(parse_ir(text))  # what every task builds from the same text
     lap("quantize")
@@ -221,15 +232,15 @@ def _check_recipe(epochs: int, lr: float, batch_size: int, stages: Stages) -> No
         raise InputError(f"stages must be at least 1, got {stages}.")
 
 
-def _images(data: Any, what: str) -> np.ndarray:
+def _images(data: Any, sample: tuple[int, ...], what: str) -> np.ndarray:
+    """`data` (an array or tensor of samples) as float32, checked against the model's input."""
     if isinstance(data, Tensor):
         data = data.detach().cpu().numpy()
-    if not isinstance(data, np.ndarray) or data.ndim < 2 or len(data) == 0:
+    if not isinstance(data, np.ndarray):
         raise InputError(
-            f"{what} must be images as an array or tensor of shape (N, C, H, W) with N >= 1, "
-            f"got {type(data).__name__}."
+            f"{what} must be an array or tensor of samples, got {type(data).__name__}."
         )
-    return np.ascontiguousarray(data, dtype=np.float32)
+    return checked_samples(data, sample, what)
 
 
 def stage_cuts(
@@ -283,7 +294,7 @@ def _evaluate(
     reference)."""
     if eval_data is None:
         return {}, {}
-    x, y = np.ascontiguousarray(eval_data[0], np.float32), np.asarray(eval_data[1])
+    x, y = eval_data
     teacher = features(model, [], x)[-1].astype(np.float64)
     accuracy = {"float": top1(teacher, y)}
     logits_mse = {}

@@ -24,6 +24,18 @@ def check_writable(path: str | os.PathLike[str]) -> None:
         raise InputError(f"cannot write '{target}': it is a folder; give a file name.")
 
 
+def make_folder(path: str | os.PathLike[str], option: str = "-o") -> None:
+    """Create the folder `path` (with its parents) that results go into, before the work;
+    InputError naming the command's `option` when it is a file or cannot be created."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{option} {path} is a file; give a folder for the results.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"cannot create the folder {option} {path}: {error.strerror}.") from None
+
+
 def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
     """Write `data` to `path` through a temporary file in the same folder, then rename it."""
     target = Path(path)

@@ -20,7 +20,13 @@ from xdsl.dialects.builtin import ModuleOp
 
 from dopant.codesign._ptqkd.stages import Stage, plan_stages
 from dopant.codesign.finish import check_bit_exact
-from dopant.codesign.ptqkd import PtqKdResult, parse_bits, ptq_kd, stage_cuts
+from dopant.codesign.ptqkd import (
+    PtqKdResult,
+    parse_bits,
+    ptq_kd,
+    stage_cuts,
+    whole_network_kd,
+)
 from dopant.compiler.cli import main
 from dopant.compiler.driver import CANONICAL_PIPELINE, compile_module, quantize_network
 from dopant.compiler.fakequant import FakeQuantNetwork
@@ -31,7 +37,7 @@ from dopant.compiler.models.datasets import load_sample
 from dopant.compiler.models.pretrained import load_pretrained
 from dopant.compiler.pipeline import run_pipeline
 from dopant.dialects.qnn import QnnOp
-from dopant.support.errors import InputError
+from dopant.support.errors import DopantError, InputError
 
 IMAGES = 16  # calibration = training images
 # The recipe of the in-process run and of the CLI run with Ray: they must agree.
@@ -138,6 +144,38 @@ def test_bad_bits_are_refused(bits: str) -> None:
         parse_bits(bits)
 
 
+GOOD = np.zeros((2, 1, 28, 28), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"epochs": -1}, "epochs must be 0 or more, got -1"),
+        ({"lr": 0.0}, "the learning rate must be positive, got 0.0"),
+        ({"batch_size": 0}, "the batch size must be positive, got 0"),
+        ({"stages": 0}, "stages must be at least 1, got 0"),
+        ({"weight_clip": "max"}, "weight-clip 'max' is not known"),
+        ({"workers": 0}, "workers must be a whole number of at least 1, got 0"),
+        (
+            {"calibration": np.zeros((2, 3, 28, 28))},
+            r"calibration has shape \[2, 3, 28, 28\], but the model takes samples of shape "
+            r"\[1, 28, 28\]",
+        ),
+        ({"train_images": [GOOD]}, "train_images must be an array or tensor of samples, got list"),
+        ({"eval_data": (GOOD, np.zeros(2))}, "eval_data: labels have dtype float64"),
+    ],
+)
+def test_bad_options_are_refused_before_any_work(options: dict[str, object], message: str) -> None:
+    data: dict[str, object] = {"calibration": GOOD, "train_images": GOOD}
+    with pytest.raises(DopantError, match=message):
+        ptq_kd(zoo.get("resnet8").build(), torch.from_numpy(GOOD[:1]), **{**data, **options})  # type: ignore[arg-type]
+
+
+def test_the_baseline_takes_no_stages() -> None:
+    with pytest.raises(InputError, match="whole_network_kd trains the network as one stage"):
+        whole_network_kd(zoo.get("resnet8").build(), torch.from_numpy(GOOD[:1]), stages=2)
+
+
 @pytest.fixture(scope="module")
 def run(images: np.ndarray) -> PtqKdResult:
     test = load_sample()[1]
@@ -242,22 +280,27 @@ def test_the_cli_with_two_ray_workers_gives_the_weights_of_one_process(
     assert "stage from      to" in printed
 
 
-def test_the_cli_refuses_an_unreachable_ray_address_at_once(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--address", "ray://127.0.0.1:1"], "cannot reach the Ray cluster at 'ray://127.0.0.1:1'"),
+        (["--bits", "w4"], "bits 'w4' is not wXaY"),
+        (["--stages", "0"], "--stages must be at least 1, got 0"),
+        (["--limit", "-1"], "--epochs and --limit must be 0 or more"),
+        (["-o", "taken"], "-o taken is a file; give a folder for the results"),
+    ],
+)
+def test_the_cli_refuses_bad_options_at_once(
+    extra: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").write_text("")
     start = time.perf_counter()
-    code = main(
-        [
-            "ptq-kd",
-            "zoo:resnet8",
-            "--address",
-            "ray://127.0.0.1:1",
-            "--calibration",
-            "sample",
-            "-o",
-            str(tmp_path / "out"),
-        ]
-    )
+    code = main(["ptq-kd", "zoo:resnet8", "--calibration", "sample", "-o", "out", *extra])
     assert code == 1
-    assert "cannot reach the Ray cluster at 'ray://127.0.0.1:1'" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
     assert time.perf_counter() - start < 5

@@ -162,6 +162,8 @@ def residual_stages(model: nn.Module, program: Program) -> list[str]:
 def balanced_cuts(program: Program, candidates: list[Cut], count: int) -> list[Cut]:
     """`count` of `candidates` (in network order) that split the network's MACs most evenly:
     the largest stage is as small as it can be (ties: the earliest cuts)."""
+    if count == 0:
+        return []
     work = [macs(op) if isinstance(op, QnnOp) else 0 for op in program.ops]
     total = [0]
     for w in work:

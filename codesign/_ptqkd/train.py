@@ -191,9 +191,8 @@ def stitch(ir: str, results: Sequence[StageResult]) -> FakeQuantNetwork:
     with torch.no_grad():
         for result in results:
             for name, value in result.parameters.items():
-                network.get_parameter(name).copy_(
-                    torch.tensor(value)
-                )  # a copy: Ray's are read-only
+                # torch.tensor copies: arrays that come back from Ray are read-only.
+                network.get_parameter(name).copy_(torch.tensor(value))
     return network
 
 

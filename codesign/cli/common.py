@@ -16,22 +16,15 @@ if TYPE_CHECKING:
 def check_torch_model_and_folder(args: argparse.Namespace, doing: str) -> None:
     """The model arguments (a torch model, not IR: `doing` says why, as in "co-design scores
     channels on the torch model") and `-o`, a folder, created if missing."""
-    from pathlib import Path
-
     from dopant.support.errors import InputError
+    from dopant.support.files import make_folder
 
     check_model_arguments(argparse.Namespace(**{**vars(args), "output": None}))  # -o: a folder
     if args.model.endswith(".mlir") or args.model == "-":
         raise InputError(
             f"{doing}, but '{args.model}' is IR; give the model (zoo:NAME or file.py:factory)."
         )
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"-o {args.output} is a file; give a folder for the results.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"cannot create the folder -o {args.output}: {error.strerror}.") from None
+    make_folder(args.output)
 
 
 def labelled_data(

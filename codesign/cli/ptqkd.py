@@ -37,12 +37,11 @@ def _stages(text: str) -> int | str:
 
 def _check(args: argparse.Namespace) -> None:
     """Every check that needs no work (Ray's address included: it must answer now)."""
-    from pathlib import Path
-
     from dopant.backend.presets import load_target
     from dopant.codesign.distributed import check_workers
     from dopant.codesign.ptqkd import parse_bits
     from dopant.support.errors import InputError
+    from dopant.support.files import make_folder
 
     check_model_arguments(argparse.Namespace(**{**vars(args), "output": None}))  # -o: a folder
     if args.model.endswith(".mlir") or args.model == "-":
@@ -60,13 +59,7 @@ def _check(args: argparse.Namespace) -> None:
     if isinstance(args.stages, int) and args.stages < 1:
         raise InputError(f"--stages must be at least 1, got {args.stages}.")
     check_workers(args.workers, args.address)
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"-o {args.output} is a file; give a folder for the results.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"cannot create the folder -o {args.output}: {error.strerror}.") from None
+    make_folder(args.output)
 
 
 def _cmd_ptq_kd(args: argparse.Namespace) -> None:
