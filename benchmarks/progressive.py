@@ -3,7 +3,7 @@ seed's claim hold here (smaller drops between stages, shorter training, higher f
 than one step)?
 
     python benchmarks/progressive.py [--models lenet5,resnet8] [--bits w4a4,w2a4] [--train 1024]
-        [--epochs 1] [--test 2000] [--csv FILE]
+        [--epochs 1] [--test 10000] [--csv FILE]
     python benchmarks/progressive.py --report FILE,...    # the tables of finished rows
 
 For each model (shipped Fashion-MNIST weights) and final width, four arms at equal data (the first
@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--arms", default="one-jump,progressive,stage-kd-1,stage-kd-2,whole-kd")
     parser.add_argument("--train", type=int, default=1024, help="training images")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per progressive stage")
-    parser.add_argument("--test", type=int, default=2000, help="test images")
+    parser.add_argument("--test", type=int, default=10000, help="test images (the README ran 2000)")
     parser.add_argument("--csv", default=str(RESULTS / "progressive.csv"))
     parser.add_argument("--report", help="CSV files (comma-separated): print, run nothing")
     args = parser.parse_args()
