@@ -56,7 +56,6 @@ from dopant.codesign._progressive.inputs import (
     check_options,
     image_array,
     labelled,
-    one_thread,
 )
 from dopant.codesign._progressive.records import ProgressiveResult, StageRecord
 from dopant.codesign._progressive.saved import SavedStage, clear, digest, load_run, save_stage
@@ -65,6 +64,7 @@ from dopant.codesign.finish import check_bit_exact, torch_top1
 from dopant.codesign.mirror import prune_module
 from dopant.codesign.pruning import Costs, prune
 from dopant.codesign.select import Target, check_reachable
+from dopant.codesign.threads import one_thread
 from dopant.compiler.driver import compile_module, latency, quantize_network
 from dopant.compiler.fakequant import FakeQuantNetwork, finetune
 from dopant.compiler.frontend import import_model

@@ -14,8 +14,8 @@ from torch import nn
 from dopant.backend.presets import preset
 from dopant.codesign._progressive.carry import Carried, carry, with_weights, write_back
 from dopant.codesign._progressive.fold import fold_batchnorms
-from dopant.codesign._progressive.inputs import one_thread
 from dopant.codesign.progressive import parse_schedule
+from dopant.codesign.threads import one_thread
 from dopant.compiler.driver import quantize_network
 from dopant.compiler.evaluate import BatchedRunner
 from dopant.compiler.fakequant import FakeQuantNetwork, finetune

@@ -3,13 +3,9 @@ of the model's sample shape, integer labels) and one thread for training."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-import torch
-from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from dopant.codesign.scores import METHODS
@@ -18,18 +14,6 @@ from dopant.passes._quantize.numerics import WEIGHT_CLIPS
 from dopant.support.errors import InputError
 
 Data = tuple[np.ndarray, np.ndarray]
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """One torch thread and one BLAS thread inside, the counts before restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def check_options(

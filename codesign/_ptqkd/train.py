@@ -12,18 +12,17 @@ seeds itself, so the result is the same bit for bit wherever it ran.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from dopant.codesign._ptqkd.stages import Stage
+from dopant.codesign.threads import one_thread
 from dopant.compiler.fakequant import FakeQuantNetwork
 from dopant.compiler.fakequant import numerics as qn
 from dopant.compiler.fakequant.nodes import Env, Value
@@ -59,18 +58,6 @@ class StageResult:
     epoch_losses: tuple[float, ...]
     parameters: dict[str, np.ndarray]
     seconds: float
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """torch and BLAS on one thread (the same kernels, so the same sums, in any process)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def stage_input(network: FakeQuantNetwork, stage: Stage, x: Tensor) -> Tensor | dict[int, Value]:
@@ -145,7 +132,7 @@ def train_stage(task: StageTask) -> StageResult:
     PTQ on its training data."""
     start_time = time.perf_counter()
     stage = task.stage
-    with _one_thread():
+    with one_thread():
         torch.manual_seed(task.seed)
         network = FakeQuantNetwork(parse_ir(task.ir))
         owned = set(stage.parameters)
