@@ -23,8 +23,7 @@ imported on first use, so `import dopant.codesign` stays cheap (no torch, no xDS
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dopant.support.lazy import lazy_exports
 
 # name -> the module that defines it
 _EXPORTS = {
@@ -52,9 +51,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value  # a submodule of the same name must not shadow it later
-        return value
-    raise AttributeError(f"module 'dopant.codesign' has no attribute '{name}'")
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -20,8 +20,7 @@ The names are imported on first use, so `import dopant.codesign.training` stays 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dopant.support.lazy import lazy_exports
 
 _EXPORTS = {
     "LatencyLUT": "dopant.codesign.training.lut",
@@ -39,9 +38,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'dopant.codesign.training' has no attribute '{name}'")
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from dopant.codesign.training.hooks import Hooked
+from dopant.codesign.training.hooks import Hooked, parameter_key
 from dopant.codesign.training.lut import LatencyLUT
 from dopant.support.errors import InputError
 
@@ -71,9 +71,9 @@ class BitChoices(Hooked):
             raise InputError("the LUT has no bit decisions; build it with bits=True.")
         self.lut = lut
         self.temperature = temperature
-        self.names = {_key(n): n for n in names}
+        self.names = {parameter_key(n): n for n in names}
         self.logits = nn.ParameterDict(
-            {_key(n): nn.Parameter(torch.zeros(len(lut.decisions[n]))) for n in names}
+            {parameter_key(n): nn.Parameter(torch.zeros(len(lut.decisions[n]))) for n in names}
         )
         for name, width in (init or {}).items():
             if name not in names:
@@ -85,7 +85,7 @@ class BitChoices(Hooked):
                     f"init gives '{name}' {width} bits; it offers {lut.decisions[name]} bits."
                 )
             with torch.no_grad():
-                self.logits[_key(name)][lut.decisions[name].index(width)] = init_logit
+                self.logits[parameter_key(name)][lut.decisions[name].index(width)] = init_logit
         modules = dict(model.named_modules())
         missing = [path for path in lut.layers if path not in modules]
         if missing:
@@ -116,7 +116,7 @@ class BitChoices(Hooked):
         return {name: self._probability(name) for name in self.names.values()}
 
     def _probability(self, name: str) -> Tensor:
-        return torch.softmax(self.logits[_key(name)] / self.temperature, dim=0)
+        return torch.softmax(self.logits[parameter_key(name)] / self.temperature, dim=0)
 
     def widths(self) -> dict[str, tuple[int, int]]:
         """Per layer, (w_bits, a_bits): each decision's most likely width, an add's inputs
@@ -166,7 +166,3 @@ class _MixedWeight(nn.Module):
             p * fake_quant(w, b, per_channel=True)
             for p, b in zip(self.probs(), self.options, strict=True)
         )
-
-
-def _key(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from dopant.codesign._saliency.gates import gate_lookups
 from dopant.codesign.scores import group_modules
-from dopant.codesign.training.hooks import Hooked
+from dopant.codesign.training.hooks import Hooked, parameter_key
 from dopant.codesign.training.lut import LatencyLUT
 from dopant.passes._prune_channels.plan import PruningPlan
 from dopant.support.errors import InputError
@@ -115,4 +115,4 @@ class ChannelGates(Hooked):
 
 def _key(group_id: str) -> str:
     """A ParameterDict key for a group id (module paths hold dots)."""
-    return "g_" + "".join(c if c.isalnum() else "_" for c in group_id)
+    return "g_" + parameter_key(group_id)

@@ -34,3 +34,9 @@ class Hooked(nn.Module):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+def parameter_key(name: str) -> str:
+    """`name` (a module path, a decision) as a ParameterDict key: `_` for every character
+    other than a letter or digit."""
+    return "".join(c if c.isalnum() else "_" for c in name)
