@@ -65,6 +65,14 @@ class AccelConfig:
     accumulator_energy_pj_per_byte: float = 2.0
     dram_energy_pj_per_byte: float = 100.0
     dma_outstanding_requests: int = 1
+    # The hardware-cost proxy (`area_mm2`), 45 nm, from Horowitz (ISSCC 2014, "Computing's
+    # energy problem"): an 8-bit multiplier is 282 um^2 and a 32-bit adder 137 um^2, so a PE
+    # (its multiply and its int32 accumulate) is taken as 419 um^2; BitFusion's bricks fuse
+    # into that 8-bit multiplier, so narrower widths add no area here. SRAM: a 45 nm 6T cell of
+    # 0.346 um^2 (Intel's 45 nm SRAM) is 2,834 um^2 per KiB of cells; with the array efficiency
+    # taken as 70% (decoders, sense amplifiers), 4,050 um^2 per KiB.
+    pe_area_um2: float = 419.0
+    sram_area_um2_per_kib: float = 4050.0
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -115,6 +123,8 @@ class AccelConfig:
             "scratchpad_energy_pj_per_byte",
             "accumulator_energy_pj_per_byte",
             "dram_energy_pj_per_byte",
+            "pe_area_um2",
+            "sram_area_um2_per_kib",
         ):
             value = getattr(self, field)
             if not (_is_number(value) and value >= 0):
@@ -187,6 +197,14 @@ class AccelConfig:
     def accumulator_write_words_per_cycle(self) -> int:
         """int32 words a load writes into the accumulator per cycle: one array row."""
         return self.cols
+
+    def area_mm2(self) -> float:
+        """The hardware-cost proxy, mm^2: rows x cols PEs and the scratchpad and accumulator
+        SRAM at the area fields' rates (their comment gives the sources). A proxy for ranking
+        configs, not a layout: wires, the vector unit and the DMA engines are left out."""
+        pes_um2 = self.rows * self.cols * self.pe_area_um2
+        sram_um2 = (self.scratchpad_kib + self.accumulator_kib) * self.sram_area_um2_per_kib
+        return (pes_um2 + sram_um2) / 1e6
 
     def cycles_to_seconds(self, cycles: float) -> float:
         return cycles / (self.clock_mhz * 1e6)
@@ -276,7 +294,12 @@ class AccelConfig:
 
 # Fields added after binaries were first written, at the value that is the machine from before
 # they existed: left out of the hash at that value, so those binaries keep their hash.
-_HASHED_ONLY_WHEN_SET: dict[str, object] = {"dma_outstanding_requests": 1}
+# The area fields do not change what the machine does either: a binary runs the same.
+_HASHED_ONLY_WHEN_SET: dict[str, object] = {
+    f.name: f.default
+    for f in dataclasses.fields(AccelConfig)
+    if f.name in ("dma_outstanding_requests", "pe_area_um2", "sram_area_um2_per_kib")
+}
 
 
 def _is_number(value: object) -> bool:

@@ -93,3 +93,19 @@ def test_dma_requests_in_flight_default_to_one_and_travel_in_toml(tmp_path: Path
     path = tmp_path / "old.toml"
     path.write_text(text.replace("dma_outstanding_requests = 8\n", ""))
     assert AccelConfig.from_toml(path).dma_outstanding_requests == 1
+
+
+def test_the_area_proxy_counts_pes_and_sram_and_leaves_the_hash_alone(tmp_path: Path) -> None:
+    edge = preset("edge16")
+    # By hand: 16 x 16 PEs of 419 um^2 (an 8-bit multiplier, 282, and a 32-bit adder, 137) and
+    # 256 + 64 KiB of SRAM at 4,050 um^2 per KiB: 107,264 + 1,296,000 um^2.
+    assert edge.area_mm2() == pytest.approx(1.403264)
+    assert edge.with_changes(rows=32, cols=32).area_mm2() == pytest.approx(0.429056 + 1.296)
+    # Cost, not behaviour: binaries keep verifying, and another rate is another hash.
+    assert edge.with_changes(pe_area_um2=419.0).stable_hash() == edge.stable_hash()
+    assert edge.with_changes(pe_area_um2=500.0).stable_hash() != edge.stable_hash()
+    with pytest.raises(ConfigError, match="sram_area_um2_per_kib must be a number >= 0"):
+        edge.with_changes(sram_area_um2_per_kib=-1.0)
+    path = tmp_path / "cheap.toml"
+    path.write_text(edge.with_changes(pe_area_um2=300.0).to_toml())
+    assert AccelConfig.from_toml(path).area_mm2() == pytest.approx((256 * 300 + 320 * 4050) / 1e6)
