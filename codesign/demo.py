@@ -21,17 +21,16 @@ import torch
 from threadpoolctl import threadpool_limits
 from xdsl.dialects.builtin import ModuleOp
 
+from dopant.codesign.finish import finetune_float, finetune_integer
 from dopant.codesign.loop import codesign
 from dopant.codesign.pruning import Costs
 from dopant.codesign.tables import report_text
 from dopant.compiler.driver import CANONICAL_PIPELINE, compile_module, quantize_network
 from dopant.compiler.evaluate import BatchedRunner, top1
 from dopant.compiler.fakequant import FakeQuantNetwork
-from dopant.compiler.fakequant import finetune as fakequant_finetune
 from dopant.compiler.frontend import import_model
 from dopant.compiler.models.datasets import Dataset, load_sample
 from dopant.compiler.models.pretrained import PRETRAINED, load_pretrained
-from dopant.compiler.models.train import train
 from dopant.compiler.pipeline import run_pipeline
 from dopant.compiler.summary import format_table, op_rows
 from dopant.support.errors import InputError
@@ -40,10 +39,9 @@ TARGET = "edge16"  # the accelerator the demo compiles for (a preset of backend.
 BUDGET = "0.5x"  # half the dense W8A8 network's measured cycles on TARGET
 # 4 and 8 bits: 2-bit layers need longer QAT than the demo's few epochs on 512 images.
 WIDTHS = (4, 8)
-QAT_EPOCHS, QAT_LR = 4, 1e-3  # LSQ on the fake-quant network after the float fine-tune
+QAT_EPOCHS = 4  # LSQ on the fake-quant network after the float fine-tune
 SALIENCY_BATCH = 64  # the 512 calibration images in 8 batches
-# The fine-tune: dopant's training recipe on the 512 shipped training images.
-FINETUNE_EPOCHS, FINETUNE_LR, FINETUNE_BATCH = 8, 0.02, 64
+FINETUNE_EPOCHS = 8  # dopant's training recipe (codesign.finish) on the 512 shipped images
 QUANTIZED: dict[str, dict[str, Any]] = {  # name -> quantize options
     "W8A8": {"weight_bits": 8, "act_bits": 8},
     "W4A8": {"weight_bits": 4, "act_bits": 8, "weight_clip": "mse"},
@@ -139,14 +137,10 @@ def _codesigned(model: torch.nn.Module, calibration: Dataset, test: Dataset) -> 
     ]
 
     def finetune(pruned: torch.nn.Module) -> None:
-        train(
-            pruned, calibration, epochs=FINETUNE_EPOCHS, lr=FINETUNE_LR, batch_size=FINETUNE_BATCH
-        )
+        finetune_float(pruned, calibration, FINETUNE_EPOCHS)
 
     def qat(network: FakeQuantNetwork) -> None:
-        fakequant_finetune(
-            network, calibration.x, calibration.y, epochs=QAT_EPOCHS, lr=QAT_LR, batch_size=64
-        )
+        finetune_integer(network, calibration, QAT_EPOCHS)
 
     print(f"\nco-design under {BUDGET} of the dense W8A8 latency on '{TARGET}':")
     result = codesign(

@@ -1,5 +1,6 @@
-"""The co-design loop's last checks: accuracy of a torch model or of integer IR on labelled
-images, and the final binary against the integer reference, bit for bit."""
+"""The co-design loop's last steps: dopant's recipe for training a compressed network on a few
+hundred labelled images, accuracy of a torch model or of integer IR on labelled images, and the
+final binary against the integer reference, bit for bit."""
 
 from __future__ import annotations
 
@@ -10,9 +11,27 @@ from xdsl.dialects.builtin import ModuleOp
 
 from dopant.compiler.driver import CompiledModel
 from dopant.compiler.evaluate import BatchedRunner, accuracy, top1
+from dopant.compiler.fakequant import FakeQuantNetwork
+from dopant.compiler.fakequant import finetune as fakequant_finetune
+from dopant.compiler.models.datasets import Dataset
+from dopant.compiler.models.train import train
 from dopant.support.errors import DopantError
 
 EVAL_BATCH = 500
+# The recipe (the main job's, codesign.demo, on the 512 shipped training images): the pruned
+# float model fine-tuned at 0.02 (compiler.models.train) in batches of 64, then the integer
+# network's fake-quant model (LSQ, Adam) at 1e-3.
+FINETUNE_LR, FINETUNE_BATCH, QAT_LR = 0.02, 64, 1e-3
+
+
+def finetune_float(model: nn.Module, data: Dataset, epochs: int) -> None:
+    """Fine-tune a pruned float model in place by the recipe."""
+    train(model, data, epochs=epochs, lr=FINETUNE_LR, batch_size=FINETUNE_BATCH)
+
+
+def finetune_integer(network: FakeQuantNetwork, data: Dataset, epochs: int) -> None:
+    """Train an integer network's fake-quant model in place by the recipe (QAT)."""
+    fakequant_finetune(network, data.x, data.y, epochs=epochs, lr=QAT_LR, batch_size=FINETUNE_BATCH)
 
 
 def torch_top1(model: nn.Module, data: tuple[np.ndarray, np.ndarray]) -> float:

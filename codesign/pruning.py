@@ -14,7 +14,7 @@ plan to the IR (the `prune-channels` pass) and to a deep copy of the model (`pru
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,6 +78,7 @@ def prune(
     round_to: int = 1,
     loss: Callable[[Tensor, Tensor], Tensor] | None = None,
     hessian: str = "exact",
+    scores: Mapping[str, np.ndarray] | None = None,
     progress: bool = False,
 ) -> PruneResult:
     """Prune `model`'s lowest-saliency channels until `target` ("macs=0.5": half the MACs
@@ -88,7 +89,8 @@ def prune(
     keeps channel counts at multiples of it where a group allows (`codesign.select`).
     InputError for a bad target or `round_to` (before any work), a target that would empty a
     group (naming the largest reachable fraction; before `batches` is read), and what the
-    saliency rejects.
+    saliency rejects. `scores` (a result's `scores`, per group) are used as they are, without
+    reading `batches`: another target from the same saliency.
     """
     goal = Target.parse(target)
     check_round_to(round_to)
@@ -96,9 +98,11 @@ def prune(
     groups = coupling_groups(module)
     layers = layer_shapes(forward(module, "to prune"))
     check_reachable(groups, layers, goal, round_to=round_to)
-    scores = group_saliency(
-        model, groups, batches, method, loss, hessian=hessian, progress=progress
-    )
+    if scores is None:
+        scores = group_saliency(
+            model, groups, batches, method, loss, hessian=hessian, progress=progress
+        )
+    scores = dict(scores)
     plan = plan_for(groups, layers, scores, goal, round_to=round_to)
     before = Costs(*totals(layers, {}))
     prune_ir(module, plan)

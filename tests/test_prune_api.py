@@ -131,3 +131,19 @@ def test_a_bad_target_or_round_to_fails_before_any_work() -> None:
         prune(model, torch.zeros(1), batches(), target=0.5)  # type: ignore[arg-type]
     with pytest.raises(InputError, match=r"round_to must be a positive integer .*, not 16\.0\."):
         prune(model, torch.zeros(1), batches(), round_to=16.0)  # type: ignore[arg-type]
+
+
+def test_given_scores_are_used_as_they_are_and_batches_are_not_read(
+    data: tuple[nn.Module, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]],
+) -> None:
+    model, example, batches = data
+    first = prune(model, example, batches, "sosp-h", "macs=0.3")
+
+    def unread() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        raise AssertionError("the batches were read although the scores were given")
+        yield  # a generator: the error comes when it is read
+
+    again = prune(model, example, unread(), "sosp-h", "macs=0.3", scores=first.scores)
+    kept = [(g.id, g.keep) for g in first.plan.groups]
+    assert [(g.id, g.keep) for g in again.plan.groups] == kept and again.after == first.after
+    assert all(np.array_equal(again.scores[k], v) for k, v in first.scores.items())

@@ -16,11 +16,6 @@ from dopant.codesign.cli.common import check_torch_model_and_folder, labelled_da
 from dopant.compiler.cli.model_options import add_model_arguments, loaded_model
 from dopant.compiler.cli.options import SPEC_HELP, Command, add_data_options, shows_progress
 
-# The fine-tune --finetune-epochs runs: dopant's training recipe (compiler.models.train), at the
-# rate and batch the main job's fine-tune uses on the 512 shipped images; --qat-epochs then
-# trains the integer network's fake-quant model (LSQ) at the main job's QAT rate.
-FINETUNE_LR, FINETUNE_BATCH, QAT_LR = 0.02, 64, 1e-3
-
 
 def _check(args: argparse.Namespace) -> None:
     """Every check that needs no work."""
@@ -55,11 +50,10 @@ def _widths(text: str) -> tuple[int, ...]:
 def _cmd_codesign(args: argparse.Namespace) -> None:
     import torch
 
+    from dopant.codesign.finish import finetune_float, finetune_integer
     from dopant.codesign.loop import codesign
     from dopant.codesign.tables import report_text
     from dopant.compiler.fakequant import FakeQuantNetwork
-    from dopant.compiler.fakequant import finetune as fakequant_finetune
-    from dopant.compiler.models.train import train
 
     _check(args)
     loaded = loaded_model(args)
@@ -71,24 +65,12 @@ def _cmd_codesign(args: argparse.Namespace) -> None:
         for i in range(0, len(calibration.x), 64)
     ]
 
+    # --finetune-epochs and --qat-epochs train by dopant's recipe (codesign.finish).
     def finetune(model: torch.nn.Module) -> None:
-        train(
-            model,
-            calibration,
-            epochs=args.finetune_epochs,
-            lr=FINETUNE_LR,
-            batch_size=FINETUNE_BATCH,
-        )
+        finetune_float(model, calibration, args.finetune_epochs)
 
     def qat(network: FakeQuantNetwork) -> None:
-        fakequant_finetune(
-            network,
-            calibration.x,
-            calibration.y,
-            epochs=args.qat_epochs,
-            lr=QAT_LR,
-            batch_size=FINETUNE_BATCH,
-        )
+        finetune_integer(network, calibration, args.qat_epochs)
 
     result = codesign(
         loaded.model,
