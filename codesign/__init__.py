@@ -15,6 +15,12 @@ the module of that name (the package keeps `progressive` for the module):
     from dopant.codesign.progressive import one_jump, progressive
     result = progressive(model, x[:1], schedule="w8a8,w4a8,w4a4", train_data=(x, y))
 
+Across compression settings and machines, with Pareto fronts and a report:
+
+    from dopant.codesign import sweep
+    result = sweep("sweep.toml", "results/", workers=2)
+    result.pareto(x="fps", y="accuracy_integer")
+
 `prune(model, example_inputs, batches, method="sosp-h", target="macs=0.5")` prunes a torch
 model globally to a target; `model_groups` lists its coupling groups, `saliency` scores their
 channels, `prune_module(model, plan)` applies a plan to a torch model in place. The names are
@@ -46,6 +52,9 @@ _EXPORTS = {
     "Round": "dopant.codesign.result",
     "LatencyBudget": "dopant.codesign.budget",
     "BudgetProblem": "dopant.codesign.choose",
+    "sweep": "dopant.codesign._sweep.run",
+    "SweepResult": "dopant.codesign._sweep.result",
+    "SweepSpec": "dopant.codesign._sweep.spec",
 }
 
 __all__ = sorted(_EXPORTS)

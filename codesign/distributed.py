@@ -3,6 +3,7 @@
     results = run_tasks(train_stage, tasks, workers=3)             # a local Ray runtime
     results = run_tasks(train_stage, tasks, address="ray://head:10001")  # an existing cluster
     results = run_tasks(train_stage, tasks)                        # in this process, no Ray
+    for i, result in as_completed(train_stage, tasks, workers=3):  # each as it finishes
 
 `run_tasks(fn, items)` returns `[fn(item) for item in items]`, in the order of `items`, however
 the calls ran. With one worker and no address it is that loop, in this process, and Ray is never
@@ -61,18 +62,51 @@ def run_tasks(
     here: a DopantError as itself, anything else as Ray's RayTaskError with the remote
     traceback.
     """
+    done = dict(
+        as_completed(
+            fn, items, workers=workers, address=address, connect_timeout_s=connect_timeout_s
+        )
+    )
+    return [done[i] for i in range(len(items))]
+
+
+def as_completed(
+    fn: Callable[[Item], Result],
+    items: Sequence[Item],
+    *,
+    workers: int = 1,
+    address: str | None = None,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
+) -> Iterator[tuple[int, Result]]:
+    """(index in `items`, `fn(item)`) for each item as its call finishes, run as `run_tasks`
+    runs them (in this process: in order); so a caller can keep each result at once, and an
+    interrupted run keeps what had finished. The checks are made before the first call."""
     ray = check_workers(workers, address, connect_timeout_s)
     if ray is None or (address is None and len(items) < 2):
-        return [fn(item) for item in items]
+        return ((i, fn(item)) for i, item in enumerate(items))
+    return _ray_completed(ray, fn, items, workers, address)
+
+
+def _ray_completed(
+    ray: ModuleType,
+    fn: Callable[[Item], Result],
+    items: Sequence[Item],
+    workers: int,
+    address: str | None,
+) -> Iterator[tuple[int, Result]]:
     with _session(ray, workers, address):
         remote = ray.remote(num_cpus=1)(fn)
-        refs = [remote.remote(item) for item in items]
-        try:
-            return list(ray.get(refs))
-        except ray.exceptions.RayTaskError as error:
-            if isinstance(error.cause, DopantError):
-                raise error.cause from None
-            raise
+        index = {remote.remote(item): i for i, item in enumerate(items)}
+        pending = list(index)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            try:
+                result = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as error:
+                if isinstance(error.cause, DopantError):
+                    raise error.cause from None
+                raise
+            yield index[ready[0]], result
 
 
 def check_workers(

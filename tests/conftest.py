@@ -13,10 +13,12 @@
   folder for the session.
 - Latency tables are cached in a folder of the session (`DOPANT_CACHE_DIR`), never in the
   user's cache: a test measures what the code measures now.
+- `ray_dir`: a short folder for a test's Ray session (RAY_TMPDIR).
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -59,6 +61,16 @@ def _session_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
 @pytest.fixture(autouse=True)
 def _test_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _use_temp_dir(monkeypatch, tmp_path)
+
+
+@pytest.fixture
+def ray_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A short folder for Ray's session (its socket paths must fit 107 bytes, and the test's
+    own temporary folder is too deep), removed afterwards."""
+    folder = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", folder)
+    yield
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 # A machine so small that every layer of a small network is cut into many tiles: row

@@ -5,10 +5,8 @@ for bit, and `dopant ptq-kd` with two Ray workers giving the same weights as one
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,16 +225,6 @@ def test_the_table_and_the_saved_report(run: PtqKdResult, tmp_path: Path) -> Non
     assert [s["ends"] for s in report["stages"]] == ["layer1", "layer2", "output"]
     assert report["stages"][0]["loss_after"] == run.stages[0].loss_after
     assert (tmp_path / "model.dpb").read_bytes() == run.binary
-
-
-@pytest.fixture
-def ray_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A short folder for Ray's session (its socket paths must fit 107 bytes, and the test's
-    own temporary folder is too deep), removed afterwards."""
-    folder = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    monkeypatch.setenv("RAY_TMPDIR", folder)
-    yield
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.usefixtures("ray_dir")

@@ -1,5 +1,5 @@
 """The co-design commands: the main job (`dopant demo`), `dopant groups`, `dopant prune`,
-`dopant codesign`, `dopant progressive` and `dopant ptq-kd`.
+`dopant codesign`, `dopant progressive`, `dopant ptq-kd`, `dopant sweep` and `dopant report`.
 
 Registered through the `dopant.commands` entry point (pyproject.toml), so the compiler's CLI
 finds them without importing codesign.
@@ -7,7 +7,7 @@ finds them without importing codesign.
 
 from __future__ import annotations
 
-from dopant.codesign.cli import loop, progressive, prune, ptqkd
+from dopant.codesign.cli import loop, progressive, prune, ptqkd, sweep
 from dopant.compiler.cli.options import Command
 
 
@@ -17,3 +17,4 @@ def register(command: Command) -> None:
     loop.register(command)
     progressive.register(command)
     ptqkd.register(command)
+    sweep.register(command)

@@ -1,0 +1,69 @@
+"""`dopant sweep` and `dopant report`: run a sweep spec's points (in this process or on Ray) into
+a folder, and draw its report again (`dopant.codesign.sweep`).
+
+    dopant sweep sweep.toml -o results/ [--workers 2] [--address ray://head:10001] [--resume]
+    dopant report results/
+
+`sweep` prints each point as it finishes and the accuracy-FPS front at the end, and writes
+results/table.csv, pareto.csv, the front plots and report.html; rerun, it runs only the points
+the folder lacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dopant.compiler.cli.options import Command, shows_progress
+
+
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from dopant.codesign._sweep.run import sweep
+
+    result = sweep(
+        args.spec,
+        args.output,
+        workers=args.workers,
+        address=args.address,
+        resume=args.resume,
+        cache_dir=args.cache_dir,
+        progress=shows_progress(args),
+        log=print,
+    )
+    failed = [row for row in result.rows if row["status"] != "ok"]
+    print(f"{len(result.rows) - len(failed)} point(s) ok, {len(failed)} failed")
+    print("accuracy vs FPS front:")
+    for row in result.pareto(x="fps", y="accuracy_integer"):
+        print(
+            f"  {row['label']}: {row['cycles']:,} cycles, {row['fps']:,.0f} FPS, "
+            f"{row['energy_uj']:.2f} uJ, {row['area_mm2']:.2f} mm2, top-1 "
+            f"{row['accuracy_integer']:.2%}"
+        )
+    print(f"wrote {args.output}/table.csv, pareto.csv, report.html")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from dopant.codesign._sweep.result import SweepResult
+
+    result = SweepResult.load(args.folder)
+    path = result.report(Path(args.folder) / "report.html")
+    print(f"wrote {path}")
+
+
+def register(command: Command) -> None:
+    """Add `dopant sweep` and `dopant report` to the CLI."""
+    p = command("sweep", _cmd_sweep, "run a sweep spec's points and write its fronts and report")
+    p.add_argument("spec", help="the sweep spec, a TOML file (see dopant.codesign._sweep.spec)")
+    p.add_argument("-o", "--output", required=True, help="the sweep's folder")
+    p.add_argument(
+        "--workers", type=int, default=1, help="parallel points on a local Ray runtime (1: none)"
+    )
+    p.add_argument("--address", help="join a Ray cluster: ray://HOST:10001, HOST:6379 or auto")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the finished points of a folder that holds another spec's sweep",
+    )
+    p.add_argument("--cache-dir", help="latency-table cache (default ~/.cache/dopant/latency)")
+    p = command("report", _cmd_report, "write a sweep folder's report.html again")
+    p.add_argument("folder", help="a folder `dopant sweep` wrote")
