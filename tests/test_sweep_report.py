@@ -6,18 +6,14 @@ leaving the machine."""
 from __future__ import annotations
 
 import io
-import json
 import re
-import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from headless import CHROMIUM, RecordingProxy, unexplained, visit
 from PIL import Image
 
 from dopant.codesign._sweep.columns import NAMES
@@ -260,47 +256,9 @@ def test_bad_input_is_an_input_error(call: Any, message: str, tmp_path: Path) ->
 
 # --- in a real browser -------------------------------------------------------------------------
 
-CHROMIUM = shutil.which("chromium")
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="no chromium on PATH: apt-get install -y chromium"
 )
-# Quiet the browser's own traffic (time queries, extensions, component downloads), so the proxy
-# sees what the page asks for. One request no switch or preference stops (the profile's Google
-# account list, sent when its network starts) is told apart by the browser's net log: it has no
-# page as initiator. The page's own requests always do.
-QUIET = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-default-apps",
-    "--disable-extensions",
-    "--disable-features=MediaRouter,OptimizationHints,NetworkTimeServiceQuerying",
-)
-BROWSER_ITSELF = "not an origin"  # the net log's initiator of a request no page made
-
-
-class RecordingProxy(ThreadingHTTPServer):
-    """An HTTP proxy on loopback that answers every request with an error and records it."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), Refuse)
-        self.requests: list[str] = []
-
-
-class Refuse(BaseHTTPRequestHandler):
-    def refuse(self) -> None:
-        assert isinstance(self.server, RecordingProxy)
-        self.server.requests.append(f"{self.command} {self.path}")
-        self.send_error(404 if self.command == "GET" else 502)
-
-    do_GET = do_HEAD = do_POST = do_PUT = do_OPTIONS = do_CONNECT = refuse
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: the test reads the records, not the log."""
 
 
 @pytest.fixture
@@ -314,62 +272,8 @@ def proxy() -> Iterator[RecordingProxy]:
     thread.join()
 
 
-@dataclass
-class Visit:
-    output: str  # chromium's stdout: the DOM with --dump-dom
-    proxied: list[str]  # what reached the proxy: "GET http://host/..." or "CONNECT host:443"
-    by_page: list[str]  # URLs the page asked for, from the net log
-    by_browser: set[str]  # host:port the browser asked for on its own account
-
-
-def visit(page: Path, proxy: RecordingProxy, tmp: Path, *action: str) -> Visit:
-    """Open `page` in headless Chromium through `proxy` (loopback too) and do `action`."""
-    assert CHROMIUM is not None
-    (tmp / "empty").mkdir(exist_ok=True)
-    netlog = tmp / f"netlog-{len(list(tmp.glob('netlog-*')))}.json"
-    port = proxy.server_address[1]
-    command = [
-        CHROMIUM,
-        *QUIET,
-        f"--proxy-server=http://127.0.0.1:{port}",
-        "--proxy-bypass-list=<-loopback>",
-        f"--user-data-dir={tmp / 'profile'}",
-        # the on-device model manifest from an empty local folder, not the component updater
-        f"--optimization-guide-manifest-override={tmp / 'empty'}",
-        f"--log-net-log={netlog}",
-        *action,
-        page.as_uri(),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
-    log = json.loads(netlog.read_text())
-    start = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
-    jobs = [
-        e["params"] for e in log["events"] if e["type"] == start and "url" in e.get("params", {})
-    ]
-    by_page = [job["url"] for job in jobs if job.get("initiator") != BROWSER_ITSELF]
-    by_browser = {host_port(job["url"]) for job in jobs if job.get("initiator") == BROWSER_ITSELF}
-    return Visit(done.stdout, list(proxy.requests), by_page, by_browser)
-
-
-def host_port(url: str) -> str:
-    scheme, rest = url.split("://", 1)
-    host = rest.split("/", 1)[0]
-    return host if ":" in host else f"{host}:{443 if scheme == 'https' else 80}"
-
-
-def unexplained(visit: Visit) -> list[str]:
-    """What reached the proxy that the browser did not ask for on its own account."""
-    return [record for record in visit.proxied if target(record) not in visit.by_browser]
-
-
-def target(record: str) -> str:
-    """The host:port of a proxy record: "CONNECT host:443" or "GET http://host/path"."""
-    method, where = record.split(" ", 1)
-    return where if method == "CONNECT" else host_port(where)
-
-
 @needs_chromium
-def test_chromium_renders_the_report_without_a_request(
+def test_chromium_renders_the_report_and_the_page_asks_for_nothing(
     report: Path, proxy: RecordingProxy, tmp_path: Path
 ) -> None:
     dom = visit(report, proxy, tmp_path, "--dump-dom")
@@ -398,3 +302,19 @@ def test_an_external_resource_in_a_page_is_caught(
     assert "GET http://example.com/x.png" in seen.proxied
     assert "CONNECT example.org:443" in seen.proxied
     assert sorted(unexplained(seen)) == ["CONNECT example.org:443", "GET http://example.com/x.png"]
+
+
+@needs_chromium
+def test_clicking_a_header_sorts_the_full_table(
+    report: Path, proxy: RecordingProxy, tmp_path: Path
+) -> None:
+    # twice on fps: ascending, numerically (as text 15000 would come before 1800); empty last
+    fps = NAMES.index("fps")
+    click = f'document.querySelectorAll("table.sortable")[1].tHead.rows[0].cells[{fps}].click();'
+    clicked = tmp_path / "clicked.html"
+    clicked.write_text(
+        report.read_text().replace("</body>", f"<script>{click * 2}</script></body>")
+    )
+    table = section(visit(clicked, proxy, tmp_path, "--dump-dom").output, "all", "failed")
+    order = re.findall(r'<td class="id" data-v="([0-9a-f]{12})">', table)
+    assert order == [point(n) for n in (1, 3, 2, 6, 4, 5, 7)]

@@ -74,17 +74,19 @@ pre{background:var(--soft);padding:12px;border-radius:6px;overflow-x:auto}
 .note{color:var(--muted)}
 """
 
-# Click a header of a sortable table to sort by it; again to reverse. Numbers sort as numbers.
+# Click a header of a sortable table to sort by it, again to reverse. Number cells (class "n")
+# compare as numbers, others as text; empty cells stay last either way.
 SCRIPT = """
 document.querySelectorAll("table.sortable").forEach(function (table) {
   table.querySelectorAll("th").forEach(function (th, column) {
     th.addEventListener("click", function () {
       var body = table.tBodies[0], down = th.dataset.down !== "1";
       th.dataset.down = down ? "1" : "0";
-      var key = function (row) { return row.cells[column].dataset.v || ""; };
       var rows = Array.prototype.slice.call(body.rows).sort(function (a, b) {
-        var x = key(a), y = key(b), nx = parseFloat(x), ny = parseFloat(y);
-        var order = !isNaN(nx) && !isNaN(ny) ? nx - ny : x.localeCompare(y);
+        var p = a.cells[column], q = b.cells[column], x = p.dataset.v, y = q.dataset.v;
+        if (x === "" || y === "") { return (x === "") - (y === ""); }
+        var numbers = p.className === "n" && q.className === "n";
+        var order = numbers ? Number(x) - Number(y) : x.localeCompare(y);
         return down ? -order : order;
       });
       rows.forEach(function (row) { body.appendChild(row); });
@@ -274,7 +276,7 @@ def _table(
     lines = []
     for row in rows:
         cells = "".join(_cell(column, row.get(column)) for column in columns)
-        cells += f"<td>{html.escape(extra[1][id(row)])}</td>" if extra else ""
+        cells += _cell(extra[0], extra[1][id(row)]) if extra else ""
         status = ' class="error"' if row.get("status") == "error" else ""
         lines.append(f"<tr{status}>{cells}</tr>")
     kind = ' class="sortable"' if sortable else ""
@@ -287,7 +289,7 @@ def _table(
 def _cell(column: str, value: Any) -> str:
     """One table cell: the formatted value, the raw one in data-v for sorting."""
     text = html.escape(plots.format_value(column, value))
-    raw = html.escape("" if value is None else str(value))
+    raw = html.escape("" if value is None or not text else str(value))
     number = isinstance(value, int | float) and not isinstance(value, bool)
     kind = ' class="n"' if number else ' class="id"' if column == "point" else ""
     kind = ' class="err"' if column == "error" else kind
