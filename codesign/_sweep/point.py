@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from xdsl.dialects.builtin import ModuleOp
+from xdsl.dialects.builtin import AnyFloat, IntegerType, ModuleOp, TensorType
+from xdsl.ir import Attribute
 
 from dopant.backend.image import moved_bytes
 from dopant.backend.target import AccelConfig
@@ -200,12 +201,17 @@ def _layers(module: ModuleOp) -> dict[str, tuple[tuple[int, ...], int, int]]:
     for op in forward(module, "to list its layers").body.walk():
         if isinstance(op, Conv2DOp | LinearOp):
             weight, x = op.operands[1].type, op.operands[0].type
+            assert isinstance(weight, TensorType) and isinstance(x, TensorType)  # verified IR
             found[op.path.data] = (
                 tuple(weight.get_shape()),
-                weight.element_type.bitwidth,
-                x.element_type.bitwidth,
+                _bits(weight.element_type),
+                _bits(x.element_type),
             )
     return found
+
+
+def _bits(element: Attribute) -> int:
+    return element.bitwidth if isinstance(element, IntegerType | AnyFloat) else 0
 
 
 def _setting_columns(task: Task) -> dict[str, Any]:

@@ -123,7 +123,7 @@ def sweep(
         ]
         _run(tasks, workers, address, store, outcomes, progress, say)
     rows = [outcomes[i].row for i in ids]
-    details = {i: outcomes[i].details for i in ids if outcomes[i].details is not None}
+    details = {i: d for i in ids if (d := outcomes[i].details) is not None}
     result = SweepResult(rows, details, spec.text)
     if store is not None:
         result.save(store.folder)
