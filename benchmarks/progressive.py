@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--arms", default="one-jump,progressive,stage-kd-1,stage-kd-2,whole-kd")
     parser.add_argument("--train", type=int, default=1024, help="training images")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per progressive stage")
-    parser.add_argument("--test", type=int, default=10000, help="test images (the README ran 2000)")
+    parser.add_argument("--test", type=int, default=10000, help="test images (10000: all)")
     parser.add_argument("--csv", default=str(RESULTS / "progressive.csv"))
     parser.add_argument("--report", help="CSV files (comma-separated): print, run nothing")
     args = parser.parse_args()
