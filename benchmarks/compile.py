@@ -27,7 +27,7 @@ schedule, then the timing model; no accel ops, binary, loader or functional simu
 the first call with no tile plan cached, and the median of further calls of the same query;
 beside the whole driver's compile plus timing of the same IR, and whether the cycles agree.
 
-The plot (needs matplotlib: `pip install -e '.[bench]'`): one model on one preset (ws), per
+The plot (matplotlib): one model on one preset (ws), per
 layer, the simulated compute span against the roofline bound and the fold model.
 
 Weights are random (the zoo's init); each network is calibrated on 2 random images. One BLAS

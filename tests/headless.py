@@ -8,8 +8,10 @@ the browser's.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -87,7 +89,21 @@ def visit(page: Path, proxy: RecordingProxy, tmp: Path, *action: str) -> Visit:
         *action,
         page.as_uri(),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    # Chromium's singleton socket lives in TMPDIR and its path must fit 107 bytes, which the
+    # test's own temporary folder (under pytest-xdist's worker folder) does not: a short one.
+    short = tempfile.mkdtemp(prefix="chromium-", dir="/tmp")
+    try:
+        done = subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+            env={**os.environ, "TMPDIR": short},
+        )
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
     log = json.loads(netlog.read_text())
     start = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
     jobs = [

@@ -2,8 +2,9 @@
 
 Every command in a ```sh block of the README runs, except the two setup lines at the top (CI
 runs the test one; the main job has its own test) and lines that name what they need and the
-suite does not have: the full Fashion-MNIST data set (`needs dataset-fashion-mnist`) or the
-benchmark extra (`python benchmarks/...`). Every ```python block runs too, in one namespace.
+suite does not have: the full Fashion-MNIST data set (`needs dataset-fashion-mnist`), a Ray
+cluster (`needs a Ray cluster`) or a benchmark's time (`python benchmarks/...`). Every
+```python block runs too, in one namespace.
 A command runs in-process through `dopant.compiler.cli.main` when it is made of plain
 `dopant ...` calls joined by `&&` or `|` (a pipe hands its text on as stdin; the last call's
 standard output goes to a file if it ends in `> FILE`), else through bash with the venv's
@@ -31,7 +32,13 @@ from dopant.compiler.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 BLOCK = re.compile(r"```(sh|python)\n(.*?)```", re.DOTALL)
-NOT_RUN = ("needs dataset-fashion-mnist", "python benchmarks/", "python3 -m venv", "pip install")
+NOT_RUN = (
+    "needs dataset-fashion-mnist",
+    "needs a Ray cluster",
+    "python benchmarks/",
+    "python3 -m venv",
+    "pip install",
+)
 SHELL = re.compile(r"[|&;<>$`]")
 
 

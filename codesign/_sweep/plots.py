@@ -279,7 +279,10 @@ def plan_heatmaps(
     kept (`details[point]["kept"]`: [kept, total]) and the weight bit width
     (`details[point]["bits"]`: "w4a8"), each cell printed; blank where a layer has no value."""
     chosen = _chosen(rows, details, points)
-    layers = _layers(details, points)
+    planned = {n for p in points for key in ("kept", "bits") for n in details[p].get(key, {})}
+    layers = [name for name in _layers(details, points) if name in planned]  # conv and linear
+    if not layers:
+        raise InputError("the chosen points have no plan (kept channels or widths) to draw.")
     kept = np.full((len(points), len(layers)), np.nan)
     bits = np.full((len(points), len(layers)), np.nan)
     for i, point in enumerate(points):

@@ -26,9 +26,8 @@ from dopant.support.files import check_writable, write_atomic
 # so the first ones (the accuracy-versus-throughput front, most accurate first) are shown.
 MAX_DETAIL_POINTS = 8
 ACCURACY = "accuracy_integer"
+PAIR = (6.4, 4.0)  # the size of each plot of the energy and area pair, inches
 # the x of each front against accuracy, with the name the front table gives it
-# the size of each plot of the energy and area pair, inches
-PAIR = (6.4, 4.0)
 FRONT_AXES = (("fps", "throughput"), ("energy_uj", "energy"), ("area_mm2", "area"))
 FRONT_COLUMNS = (
     "label",
@@ -249,8 +248,9 @@ def _detail_plots(rows: list[Row], details: dict[str, dict[str, Any]], front: li
             "most accurate first.</p>"
         )
     parts += ["<h3>Cycles per layer</h3>", _figure(plots.layer_bars(rows, details, chosen))]
-    parts += ["<h3>Plan: channels kept and weight bits per layer</h3>"]
-    parts.append(_figure(plots.plan_heatmaps(rows, details, chosen)))
+    if any(details[p].get("kept") or details[p].get("bits") for p in chosen):
+        parts += ["<h3>Plan: channels kept and weight bits per layer</h3>"]
+        parts.append(_figure(plots.plan_heatmaps(rows, details, chosen)))
     return "\n".join(parts)
 
 

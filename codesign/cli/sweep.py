@@ -18,6 +18,8 @@ from dopant.compiler.cli.options import Command, shows_progress
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
     from dopant.codesign._sweep.run import sweep
 
     result = sweep(
@@ -28,7 +30,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
         resume=args.resume,
         cache_dir=args.cache_dir,
         progress=shows_progress(args),
-        log=print,
+        log=tqdm.write,  # each finished point above the progress bar
     )
     failed = [row for row in result.rows if row["status"] != "ok"]
     print(f"{len(result.rows) - len(failed)} point(s) ok, {len(failed)} failed")
