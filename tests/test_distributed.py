@@ -11,7 +11,7 @@ import time
 import pytest
 
 from dopant.codesign import distributed
-from dopant.codesign.distributed import check_address, host_and_port, run_tasks
+from dopant.codesign.distributed import as_completed, check_address, host_and_port, run_tasks
 from dopant.support.errors import InputError
 
 
@@ -29,6 +29,21 @@ def test_one_worker_runs_in_process_in_order_without_ray(monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails from here on
     assert run_tasks(_square, [3, 1, 2]) == [9, 1, 4]
     assert run_tasks(_square, []) == []
+
+
+def test_as_completed_yields_each_index_with_its_result_as_it_finishes() -> None:
+    calls: list[int] = []
+
+    def record(x: int) -> int:
+        calls.append(x)
+        return x * x
+
+    results = as_completed(record, [3, 1, 2])
+    assert calls == []  # nothing runs before the first result is asked for
+    assert next(results) == (0, 9) and calls == [3]
+    assert list(results) == [(1, 1), (2, 4)]
+    with pytest.raises(InputError, match="workers must be a whole number"):
+        as_completed(record, [1], workers=0)  # checked at the call, before any work
 
 
 def test_an_error_of_a_task_is_raised_as_itself() -> None:
