@@ -55,7 +55,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
 def register(command: Command) -> None:
     """Add `dopant sweep` and `dopant report` to the CLI."""
     p = command("sweep", _cmd_sweep, "run a sweep spec's points and write its fronts and report")
-    p.add_argument("spec", help="the sweep spec, a TOML file (see dopant.codesign._sweep.spec)")
+    p.add_argument("spec", help="the sweep spec, a TOML file (README: Sweeps and Pareto fronts)")
     p.add_argument("-o", "--output", required=True, help="the sweep's folder")
     p.add_argument(
         "--workers", type=int, default=1, help="parallel points on a local Ray runtime (1: none)"
