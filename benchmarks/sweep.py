@@ -4,16 +4,17 @@ per microjoule and per mm^2 for ResNet-8 on Fashion-MNIST?
     python benchmarks/sweep.py [--spec benchmarks/sweeps/resnet8.toml] [--workers 1,2]
         [--out benchmarks/results/sweep]
 
-Runs the spec once per worker count, each into its own folder (`OUT-wN`) with its own empty
-latency-table cache, so every run measures the same work (tables included); prints the wall
-time and points per minute of each run, checks that the runs' tables agree (but for the
-seconds columns), and prints the accuracy-FPS front with the machine that holds each stretch
-of it. Each folder holds its table.csv, pareto.csv, front plots and report.html.
+Runs the spec once per worker count, each into its own folder (`OUT-wN`, emptied first) with
+its own empty latency-table cache, so every run measures the same work (tables included);
+prints the wall time and points per minute of each run, checks that the runs' tables agree
+(but for the seconds columns), and prints the accuracy-FPS front with the machine that holds
+each stretch of it. Each folder holds its table.csv, pareto.csv, front plots and report.html.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -36,11 +37,12 @@ def main() -> None:
     torch.set_num_threads(1)  # a shared 2-core machine: threads would fight
     tables: dict[int, list[dict[str, Any]]] = {}
     for workers in (int(w) for w in args.workers.split(",")):
+        folder = Path(f"{args.out}-w{workers}")
+        if (folder / "sweep.json").is_file():  # a finished run would resume: nothing to time
+            shutil.rmtree(folder)
         with tempfile.TemporaryDirectory(prefix="dopant-sweep-cache-") as cache:
             start = time.perf_counter()
-            result = sweep(
-                args.spec, f"{args.out}-w{workers}", workers=workers, cache_dir=cache, log=print
-            )
+            result = sweep(args.spec, folder, workers=workers, cache_dir=cache, log=print)
             seconds = time.perf_counter() - start
         tables[workers] = [{k: v for k, v in r.items() if k not in TIMES} for r in result.table]
         ok = sum(r["status"] == "ok" for r in result.table)

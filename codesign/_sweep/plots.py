@@ -22,7 +22,7 @@ import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import Normalize
+from matplotlib.colors import Normalize, to_hex
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -92,9 +92,12 @@ def format_value(column: str, value: Any) -> str:
 
 
 def target_colours(rows: Sequence[Row]) -> dict[str, str]:
-    """A colour per target, in the order the rows first name them."""
-    targets = dict.fromkeys(str(row.get("target")) for row in rows)
-    return {target: COLOURS[i % len(COLOURS)] for i, target in enumerate(targets)}
+    """A colour per target, in the order the rows first name them: the colour-blind-safe
+    `COLOURS` while they suffice, else matplotlib's 20 tab20 colours (distinct up to 20)."""
+    targets = list(dict.fromkeys(str(row.get("target")) for row in rows))
+    tab20 = matplotlib.colormaps["tab20"]
+    palette = COLOURS if len(targets) <= len(COLOURS) else [to_hex(tab20(i)) for i in range(20)]
+    return {target: palette[i % len(palette)] for i, target in enumerate(targets)}
 
 
 def tooltip(row: Row) -> str:

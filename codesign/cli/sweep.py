@@ -1,5 +1,5 @@
 """`dopant sweep` and `dopant report`: run a sweep spec's points (in this process or on Ray) into
-a folder, and draw its report again (`dopant.codesign.sweep`).
+a folder, and draw its fronts, plots and report again (`dopant.codesign.sweep`).
 
     dopant sweep sweep.toml -o results/ [--workers 2] [--address ray://head:10001] [--resume]
     dopant report results/
@@ -12,7 +12,6 @@ the folder lacks.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from dopant.compiler.cli.options import Command, shows_progress
 
@@ -47,9 +46,8 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 def _cmd_report(args: argparse.Namespace) -> None:
     from dopant.codesign._sweep.result import SweepResult
 
-    result = SweepResult.load(args.folder)
-    path = result.report(Path(args.folder) / "report.html")
-    print(f"wrote {path}")
+    written = SweepResult.load(args.folder).save(args.folder)
+    print("wrote " + ", ".join(str(path) for path in written))
 
 
 def register(command: Command) -> None:
@@ -67,5 +65,5 @@ def register(command: Command) -> None:
         help="reuse the finished points of a folder that holds another spec's sweep",
     )
     p.add_argument("--cache-dir", help="latency-table cache (default ~/.cache/dopant/latency)")
-    p = command("report", _cmd_report, "write a sweep folder's report.html again")
+    p = command("report", _cmd_report, "write a sweep folder's fronts, plots and report.html again")
     p.add_argument("folder", help="a folder `dopant sweep` wrote")
