@@ -1,13 +1,15 @@
-"""`dopant sweep` end to end on LeNet-5: six points (a co-design budget and two fixed settings
-on two machines) in this process and on two Ray workers give the same table; each row's cycles
-are a direct compile's (or co-design run's); a sweep killed midway runs only the missing points
-when rerun; a widened sweep reuses its points; a point that cannot compile is a row with its
-error; a folder of another sweep is refused."""
+"""`dopant sweep` end to end on LeNet-5: six points (three fixed settings on two machines) in
+this process and on two Ray workers give the same table; each row's cycles are a direct
+compile's, a co-design row's a direct co-design run's; a sweep killed midway runs only the
+missing points when rerun; a widened sweep reuses its points, and its infeasible point is a row
+with the loop's error; a folder of another sweep or of other files is refused; a model file and
+data beside the spec are found, and the file's bytes are part of each point's identity."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -220,3 +222,29 @@ def test_the_float_accuracy_is_torchs(swept: tuple[SweepResult, Path]) -> None:
         logits = load_pretrained("lenet5")(torch.from_numpy(test.x[:EVAL]))
     expected = float((logits.argmax(1).numpy() == test.y[:EVAL]).mean())
     assert {row["accuracy_float"] for row in result.table} == {expected}
+
+
+def test_a_model_file_and_data_are_read_beside_the_spec_and_hashed(tmp_path: Path) -> None:
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    shutil.copytree(examples / "images", tmp_path / "images")
+    model = tmp_path / "mynet.py"
+    model.write_text((examples / "mynet.py").read_text())
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(
+        _toml(
+            {
+                "model": {"ref": "mynet.py:build", "input_shape": [1, 3, 32, 32]},
+                "data": {"calibration": "images", "eval": "images"},
+                "compression": {"mode": ["fixed"], "bits": ["w8a8"]},
+                "hardware": {"presets": ["edge16"]},
+            }
+        )
+    )
+    first = sweep(spec, tmp_path / "out")
+    assert [row["status"] for row in first.table] == ["ok"]
+    # The file's bytes are part of the point's identity: another model is another point.
+    model.write_text(model.read_text().replace("nn.Linear(16, num_classes)", "nn.Linear(16, 10)"))
+    lines: list[str] = []
+    second = sweep(spec, tmp_path / "out", log=lines.append)
+    assert "1 point(s): 0 finished before, 1 to run" in lines
+    assert second.table[0]["point"] != first.table[0]["point"]
