@@ -192,3 +192,20 @@ def test_weights_are_copied_exactly() -> None:
     weight = fc.weight.owner.numpy()
     assert fc.weight.owner.path.data == "classifier.5.weight"
     assert torch.equal(torch.from_numpy(weight.copy()), model.classifier[5].weight.detach())
+
+
+def test_a_model_in_training_is_imported_in_eval_mode_and_left_as_it_was() -> None:
+    torch.manual_seed(0)
+    model = zoo.get("resnet8").build()
+    with torch.no_grad():  # running statistics of their own, so train and eval differ
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(2, 1, 28, 28)
+    expected = ir_text(import_model(model.eval(), x))
+    model.train()
+    frozen = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    frozen.eval()  # a user's frozen batch norm stays frozen
+    assert ir_text(import_model(model, x)) == expected
+    assert model.training and not frozen.training
+    assert all(m.training for m in model.modules() if m is not frozen)

@@ -82,7 +82,20 @@ def _as_input_tuple(
 def _export(
     model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]
 ) -> torch.export.ExportedProgram:
-    model = model.eval()
+    """The model traced in eval mode (batch norms on their running statistics), each module's
+    train/eval flag put back afterwards, so importing leaves a model in training as it was."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        return _traced(model, inputs)
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+
+
+def _traced(
+    model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]
+) -> torch.export.ExportedProgram:
     shapes = ", ".join(str(list(x.shape)) for x in inputs)
     try:
         with torch.no_grad():
