@@ -12,6 +12,7 @@ import pytest
 from dopant.backend.presets import preset
 from dopant.codesign._sweep.space import Settings, machines, settings
 from dopant.codesign._sweep.spec import SweepSpec
+from dopant.compiler.cli import main
 from dopant.support.errors import InputError
 
 
@@ -140,3 +141,25 @@ def test_settings_are_plain_data() -> None:
     s = Settings("fixed", "", (), "magnitude", "macs=0.3", "w4a8", "minmax", 0, 2)
     assert s.weight_act_bits == (4, 8) and s.label() == "fixed macs=0.3 magnitude w4a8 qat2"
     assert s.to_dict()["widths"] == []
+
+
+def test_the_cli_lists_the_points_without_running_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec_file = tmp_path / "sweep.toml"
+    spec_file.write_text(
+        '[model]\nref = "zoo:lenet5"\n[compression]\nmode = ["fixed"]\nbits = ["w8a8", "w4a8"]\n'
+        '[hardware]\npresets = ["edge16", "small8"]\n'
+    )
+    assert main(["sweep", str(spec_file), "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "4 point(s): 2 setting(s) x 2 machine(s)",
+        "  edge16 fixed dense w8a8",
+        "  small8 fixed dense w8a8",
+        "  edge16 fixed dense w4a8",
+        "  small8 fixed dense w4a8",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.toml"]
+    assert main(["sweep", str(spec_file)]) != 0
+    assert "needs -o FOLDER" in capsys.readouterr().err

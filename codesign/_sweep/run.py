@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from dopant.codesign._sweep.point import BATCH, ModelRef, Outcome, Task, run_point
 from dopant.codesign._sweep.result import SweepResult
-from dopant.codesign._sweep.space import Settings, machines, settings
+from dopant.codesign._sweep.space import Settings, points
 from dopant.codesign._sweep.spec import SweepSpec
 from dopant.codesign._sweep.store import Store, array_digest, file_digest, point_id
 from dopant.codesign.choose import layer_paths
@@ -71,7 +71,7 @@ def sweep(
     say = log or (lambda _: None)
     spec = SweepSpec.load(spec)
     check_workers(workers, address)
-    grid = [(s, c) for s in settings(spec) for c in machines(spec)]
+    grid = points(spec)
     store = Store(output) if output is not None else None
     if store is not None:
         store.check(spec, resume)

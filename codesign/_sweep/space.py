@@ -135,6 +135,12 @@ def _sobol(axes: list[list[Any]], wanted: int, seed: int) -> list[Settings]:
     return list(found)
 
 
+def points(spec: SweepSpec) -> list[tuple[Settings, AccelConfig]]:
+    """Every (setting, machine) of `spec`, settings outer: the sweep's points, in its order."""
+    configs = machines(spec)
+    return [(setting, config) for setting in settings(spec) for config in configs]
+
+
 def machines(spec: SweepSpec) -> list[AccelConfig]:
     """The machines: presets, then config files, then the ranges' grid on `base`, each
     checked (an invalid one is an InputError with the AccelConfig reason); a name given twice

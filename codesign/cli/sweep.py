@@ -2,6 +2,7 @@
 a folder, and draw its fronts, plots and report again (`dopant.codesign.sweep`).
 
     dopant sweep sweep.toml -o results/ [--workers 2] [--address ray://head:10001] [--resume]
+    dopant sweep sweep.toml --list      # the points it would run, and nothing else
     dopant report results/
 
 `sweep` prints each point as it finishes and the accuracy-FPS front at the end, and writes
@@ -20,7 +21,13 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from dopant.codesign._sweep.run import sweep
+    from dopant.support.errors import InputError
 
+    if args.list:
+        _list(args.spec)
+        return
+    if args.output is None:
+        raise InputError("dopant sweep needs -o FOLDER for its results (or --list to plan only).")
     result = sweep(
         args.spec,
         args.output,
@@ -43,6 +50,19 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}/table.csv, pareto.csv, report.html")
 
 
+def _list(spec_path: str) -> None:
+    """The points the spec makes, one line each, with no model or data loaded."""
+    from dopant.codesign._sweep.space import points
+    from dopant.codesign._sweep.spec import SweepSpec
+
+    planned = points(SweepSpec.load(spec_path))
+    settings = len({setting for setting, _ in planned})
+    machines = len({config.name for _, config in planned})
+    print(f"{len(planned)} point(s): {settings} setting(s) x {machines} machine(s)")
+    for setting, config in planned:
+        print(f"  {config.name} {setting.label()}")
+
+
 def _cmd_report(args: argparse.Namespace) -> None:
     from dopant.codesign._sweep.result import SweepResult
 
@@ -54,7 +74,10 @@ def register(command: Command) -> None:
     """Add `dopant sweep` and `dopant report` to the CLI."""
     p = command("sweep", _cmd_sweep, "run a sweep spec's points and write its fronts and report")
     p.add_argument("spec", help="the sweep spec, a TOML file (README: Sweeps and Pareto fronts)")
-    p.add_argument("-o", "--output", required=True, help="the sweep's folder")
+    p.add_argument("-o", "--output", help="the sweep's folder")
+    p.add_argument(
+        "--list", action="store_true", help="print the points the spec makes and stop (no -o)"
+    )
     p.add_argument(
         "--workers", type=int, default=1, help="parallel points on a local Ray runtime (1: none)"
     )
