@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dopant.compiler.models.modes import eval_mode
 from dopant.passes._prune_channels.groups import Dim, Member
 from dopant.passes._prune_channels.plan import PruningPlan, check_kept
 from dopant.passes._prune_channels.slicing import conv_columns
@@ -258,11 +259,5 @@ def _take(module: nn.Module, name: str, rows: np.ndarray, columns: np.ndarray | 
 def _check_forward(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> None:
     """Run the pruned model once in eval mode (batch-norm statistics untouched)."""
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for module, training in modes.items():
-            module.training = training
+    with eval_mode(model), torch.no_grad():
+        model(*inputs)

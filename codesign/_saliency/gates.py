@@ -13,12 +13,14 @@ side by side in the order given; the caller averages them.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from types import TracebackType
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jacrev, jvp, vjp, vmap
 
+from dopant.compiler.models.modes import eval_mode
 from dopant.passes._prune_channels.groups import Group
 from dopant.support.errors import InputError
 
@@ -79,11 +81,10 @@ class GatedNetwork:
         self._params = {name: p.detach() for name, p in model.named_parameters()}
         self._gates: Tensor | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._modes: list[tuple[nn.Module, bool]] = []
+        self._modes = ExitStack()  # eval mode while entered
 
     def __enter__(self) -> GatedNetwork:
-        self._modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
+        self._modes.enter_context(eval_mode(self.model))
         for module, lookup in self._lookups:
             self._handles.append(module.register_forward_hook(self._hook(lookup)))
         return self
@@ -97,8 +98,7 @@ class GatedNetwork:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        for module, training in self._modes:
-            module.train(training)
+        self._modes.close()
         self._gates = None
 
     def _hook(self, lookup: Tensor) -> Callable[[nn.Module, object, Tensor], Tensor | None]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from types import TracebackType
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from dopant.compiler.models.modes import eval_mode
 from dopant.support.errors import InputError
 
 Layer = nn.Conv2d | nn.Linear
@@ -25,11 +27,10 @@ class Taps:
         self._visit: Callable[[str, Tensor], Tensor | None] | None = None
         self._seen: set[str] = set()
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._modes: list[tuple[nn.Module, bool]] = []
+        self._modes = ExitStack()  # eval mode while entered
 
     def __enter__(self) -> Taps:
-        self._modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
+        self._modes.enter_context(eval_mode(self.model))
         for path, module in self.modules.items():
             self._handles.append(module.register_forward_pre_hook(self._hook(path)))
         return self
@@ -43,8 +44,7 @@ class Taps:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        for module, training in self._modes:
-            module.train(training)
+        self._modes.close()
 
     def _hook(self, path: str) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...] | None]:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:

@@ -173,21 +173,16 @@ class HardwareMetrics:
     def _measure(self, model: nn.Module) -> tuple[RunStats, bool | None]:
         """The timing model's statistics of `model` (and whether its binary's outputs were
         checked); the model's train/eval flags and the global torch RNG are left as they were."""
-        modes = {module: module.training for module in model.modules()}
-        try:
-            with torch.random.fork_rng(devices=[]):
-                imported = import_model(_on_cpu(model), self.example_input)
-                quantized = quantize_network(
-                    imported, self.calibration, method=self.method, **self.options
-                )
-                if not self.values:
-                    return latency(quantized, self.config), None
-                compiled = compile_module(quantized, target=self.config)
-                check_bit_exact(compiled, quantized, self.calibration[:VALUE_IMAGES])
-                return compiled.program.stats, True
-        finally:
-            for module, training in modes.items():
-                module.training = training
+        with torch.random.fork_rng(devices=[]):  # import_model puts the train/eval flags back
+            imported = import_model(_on_cpu(model), self.example_input)
+            quantized = quantize_network(
+                imported, self.calibration, method=self.method, **self.options
+            )
+            if not self.values:
+                return latency(quantized, self.config), None
+            compiled = compile_module(quantized, target=self.config)
+            check_bit_exact(compiled, quantized, self.calibration[:VALUE_IMAGES])
+            return compiled.program.stats, True
 
     def _record(self, sample: HardwareSample) -> None:
         self.samples.append(sample)

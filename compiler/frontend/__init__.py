@@ -24,6 +24,7 @@ from dopant.compiler.frontend.base import Emitter, Lowering, aten, op_name
 from dopant.compiler.frontend.layers import LAYER_LOWERINGS
 from dopant.compiler.frontend.tensor_ops import TENSOR_LOWERINGS
 from dopant.compiler.irio import verify
+from dopant.compiler.models.modes import eval_mode
 from dopant.support.errors import InputError, UnsupportedOpsError
 
 LOWERINGS: dict[object, Lowering] = {**LAYER_LOWERINGS, **TENSOR_LOWERINGS}
@@ -84,13 +85,8 @@ def _export(
 ) -> torch.export.ExportedProgram:
     """The model traced in eval mode (batch norms on their running statistics), each module's
     train/eval flag put back afterwards, so importing leaves a model in training as it was."""
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
+    with eval_mode(model):
         return _traced(model, inputs)
-    finally:
-        for module, training in modes.items():
-            module.train(training)
 
 
 def _traced(
