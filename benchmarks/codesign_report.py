@@ -3,28 +3,20 @@ the full table, the summary table and the plot of top-1 against measured FPS."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
+import csv_rows
 from codesign_setup import FIELDS, LABELS, UNIFORM, Row
 
 from dopant.backend.presets import load_target
 
 
 def done_rows(path: Path) -> dict[tuple[str, str, str, str], dict[str, str]]:
-    if not path.is_file():
-        return {}
-    with path.open() as handle:
-        return {(r["model"], r["target"], r["budget"], r["arm"]): r for r in csv.DictReader(handle)}
+    return {(r["model"], r["target"], r["budget"], r["arm"]): r for r in csv_rows.read_rows(path)}
 
 
 def append_row(path: Path, row: Row) -> None:
-    new = not path.is_file()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: fmt(row.get(k, "")) for k in FIELDS})
+    csv_rows.append_row(path, FIELDS, {k: fmt(v) for k, v in row.items()})
 
 
 def fmt(value: object) -> object:

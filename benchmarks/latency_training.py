@@ -25,7 +25,6 @@ the timing model's (equal to the compiled binary's), FPS at the preset's clock.
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from codesign_setup import RESULTS, Data, evaluate, finetune, macs_of, quantized
+from csv_rows import append_row, read_rows
 from threadpoolctl import threadpool_limits
 from torch import nn
 
@@ -154,22 +154,6 @@ def after_arm(data: Data, fraction: float, epochs: int) -> dict[str, object]:
     }
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with path.open() as f:
-        return list(csv.DictReader(f))
-
-
-def append_row(path: Path, row: dict[str, object]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: row.get(k, "") for k in FIELDS})
-
-
 def report(rows: list[dict[str, str]], plot_path: Path) -> None:
     print(
         "\n| budget | arm | cycles (% of budget) | FPS | MACs | top-1 int | top-1 float |"
@@ -255,7 +239,7 @@ def main() -> None:
                 acc_float=torch_top1(load_pretrained("resnet8"), (data.test.x, data.test.y)),
             )
             row["fps"] = config.clock_mhz * 1e6 / lut.dense_cycles
-            append_row(out, row)
+            append_row(out, FIELDS, row)
         for fraction in args.budgets.split(","):
             for arm in args.arms.split(","):
                 if (arm, fraction) in done:
@@ -269,7 +253,7 @@ def main() -> None:
                 )
                 row.update(arm=arm, budget=fraction, budget_cycles=round(f * lut.dense_cycles))
                 row["fps"] = config.clock_mhz * 1e6 / int(row["cycles"])
-                append_row(out, row)
+                append_row(out, FIELDS, row)
                 print(f"  {row}", flush=True)
     report(read_rows(out), Path(args.plot))
 

@@ -26,13 +26,13 @@ run resumes); `--report` joins CSVs of runs on different models.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from csv_rows import append_row, read_rows
 from threadpoolctl import threadpool_limits
 
 from dopant.codesign.ptqkd import ptq_kd, whole_network_kd
@@ -47,23 +47,10 @@ KD_STAGES = {"lenet5": 2, "resnet8": None}  # None: the residual stages
 FIELDS = ("model", "bits", "arm", "top1", "float_top1", "cycles", "epochs", "wall_s", "detail")
 
 
-def read_rows(paths: list[Path]) -> list[dict[str, str]]:
-    rows = {}
-    for path in paths:
-        if path.exists():
-            with path.open() as f:
-                for r in csv.DictReader(f):
-                    rows[(r["model"], r["bits"], r["arm"])] = r
+def read_runs(paths: list[Path]) -> list[dict[str, str]]:
+    """The rows of every CSV in `paths`, the last of each (model, bits, arm)."""
+    rows = {(r["model"], r["bits"], r["arm"]): r for path in paths for r in read_rows(path)}
     return list(rows.values())
-
-
-def append_row(path: Path, row: dict[str, object]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: row.get(k, "") for k in FIELDS})
 
 
 def qat_arm(arm: str, name: str, bits: str, data: dict, epochs: int) -> dict[str, object]:
@@ -159,7 +146,7 @@ def main() -> None:
     parser.add_argument("--report", help="CSV files (comma-separated): print, run nothing")
     args = parser.parse_args()
     if args.report:
-        print_rows(read_rows([Path(p) for p in args.report.split(",")]))
+        print_rows(read_runs([Path(p) for p in args.report.split(",")]))
         return
     torch.set_num_threads(1)  # a shared 2-core machine: threads would fight
     calibration = load_sample()[0].x
@@ -171,7 +158,7 @@ def main() -> None:
         "test": (test.x[: args.test], test.y[: args.test]),
     }
     out = Path(args.csv)
-    done = {(r["model"], r["bits"], r["arm"]) for r in read_rows([out])}
+    done = {(r["model"], r["bits"], r["arm"]) for r in read_runs([out])}
     with threadpool_limits(limits=1, user_api="blas"):
         for name in args.models.split(","):
             for bits in args.bits.split(","):
@@ -185,9 +172,9 @@ def main() -> None:
                     else:
                         row = kd_arm(arm, name, bits, data, args.epochs * stages)
                     row.update(model=name, bits=bits, arm=arm)
-                    append_row(out, row)
+                    append_row(out, FIELDS, row)
                     print(f"  {row}", flush=True)
-    print_rows(read_rows([out]))
+    print_rows(read_runs([out]))
 
 
 if __name__ == "__main__":

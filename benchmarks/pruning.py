@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from csv_rows import append_row, read_rows
 from threadpoolctl import threadpool_limits
 from torch import nn
 from trained import INPUT_SHAPE, trained
@@ -81,19 +81,7 @@ def saliency_batches(data: Dataset) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def done_rows(path: Path) -> dict[tuple[str, str, str], dict[str, str]]:
-    if not path.is_file():
-        return {}
-    with path.open() as handle:
-        return {(r["model"], r["method"], r["target"]): r for r in csv.DictReader(handle)}
-
-
-def append_row(path: Path, row: dict[str, object]) -> None:
-    new = not path.is_file()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    return {(r["model"], r["method"], r["target"]): r for r in read_rows(path)}
 
 
 def run_model(
@@ -111,7 +99,7 @@ def run_model(
         acc = accuracy(model, test)
         cycles = cycles_w8a8(model, calibration)
         row = (name, "dense", 0, macs, params, cycles, acc, acc, 0)
-        append_row(out, dict(zip(FIELDS, row, strict=True)))
+        append_row(out, FIELDS, dict(zip(FIELDS, row, strict=True)))
     module = import_model(model, torch.from_numpy(calibration[:1]))
     groups = coupling_groups(module)
     layers = layer_shapes(forward(module, "to count"))
@@ -137,7 +125,7 @@ def run_model(
             tuned_acc = accuracy(tuned, test)
             cycles = cycles_w8a8(tuned, calibration)
             row = (name, method, target, macs, params, cycles, acc, tuned_acc, seconds)
-            append_row(out, dict(zip(FIELDS, row, strict=True)))
+            append_row(out, FIELDS, dict(zip(FIELDS, row, strict=True)))
             print(f"{name} {method} {target:.0%}: {acc:.2%} -> {tuned_acc:.2%}", flush=True)
 
 
