@@ -1,5 +1,5 @@
-"""What the commands that train or score a torch model and write a folder share: the checks of
-the model argument and of the output folder, and labelled data from a SPEC."""
+"""What the co-design commands share: the checks of the model argument and of the output
+folder, labelled data from a SPEC, and the options for Ray and the latency-table cache."""
 
 from __future__ import annotations
 
@@ -45,3 +45,24 @@ def labelled_data(
             "and int labels 'y', a folder of class subfolders, or 'sample'."
         )
     return Dataset(data.x, data.y)
+
+
+def add_ray_options(p: argparse.ArgumentParser, tasks: str) -> None:
+    """`--workers` and `--address`: the command's `tasks` (e.g. "stages") as Ray tasks
+    (`codesign.distributed`)."""
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help=f"{tasks} in parallel on a local Ray runtime of N workers (default 1: in this "
+        "process, no Ray)",
+    )
+    p.add_argument(
+        "--address",
+        help="join a running Ray cluster instead: ray://HOST:10001, HOST:6379 or auto",
+    )
+
+
+def add_cache_option(p: argparse.ArgumentParser) -> None:
+    """`--cache-dir`: where latency tables are kept between runs."""
+    p.add_argument("--cache-dir", help="latency-table cache (default ~/.cache/dopant/latency)")

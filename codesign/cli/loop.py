@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import argparse
 
-from dopant.codesign.cli.common import check_torch_model_and_folder, labelled_data
+from dopant.codesign.cli.common import (
+    add_cache_option,
+    check_torch_model_and_folder,
+    labelled_data,
+)
 from dopant.compiler.cli.model_options import add_model_arguments, loaded_model
 from dopant.compiler.cli.options import SPEC_HELP, Command, add_data_options, shows_progress
 
@@ -158,6 +162,6 @@ def register(command: Command) -> None:
     p.add_argument(
         "--tolerance", type=float, default=0.02, help="how far under the budget may land (0.02)"
     )
-    p.add_argument("--cache-dir", help="latency-table cache (default ~/.cache/dopant/latency)")
+    add_cache_option(p)
     add_data_options(p)
     p.add_argument("-o", "--output", required=True, help="folder for the binary, IR and report")

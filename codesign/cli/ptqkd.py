@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from dopant.codesign.cli.common import add_ray_options
 from dopant.compiler.cli.model_options import (
     add_model_arguments,
     check_model_arguments,
@@ -136,16 +137,7 @@ def register(command: Command) -> None:
     )
     p.add_argument("--batch-size", type=int, default=64, help="training batch (64)")
     p.add_argument("--seed", type=int, default=0, help="shuffling seed of stage i: seed + i (0)")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="Ray workers of a local runtime started for the run (default 1: no Ray)",
-    )
-    p.add_argument(
-        "--address",
-        help="join a running Ray cluster instead: ray://HOST:PORT, HOST:PORT or auto",
-    )
+    add_ray_options(p, "stages")
     p.add_argument("--target", default="edge16", help="preset name or TOML file (default edge16)")
     p.add_argument(
         "--calibration", required=True, metavar="SPEC", help=f"images to calibrate on: {SPEC_HELP}"

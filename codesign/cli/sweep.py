@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 
+from dopant.codesign.cli.common import add_cache_option, add_ray_options
 from dopant.compiler.cli.options import Command, shows_progress
 
 
@@ -78,15 +79,12 @@ def register(command: Command) -> None:
     p.add_argument(
         "--list", action="store_true", help="print the points the spec makes and stop (no -o)"
     )
-    p.add_argument(
-        "--workers", type=int, default=1, help="parallel points on a local Ray runtime (1: none)"
-    )
-    p.add_argument("--address", help="join a Ray cluster: ray://HOST:10001, HOST:6379 or auto")
+    add_ray_options(p, "points")
     p.add_argument(
         "--resume",
         action="store_true",
         help="reuse the finished points of a folder that holds another spec's sweep",
     )
-    p.add_argument("--cache-dir", help="latency-table cache (default ~/.cache/dopant/latency)")
+    add_cache_option(p)
     p = command("report", _cmd_report, "write a sweep folder's fronts, plots and report.html again")
     p.add_argument("folder", help="a folder `dopant sweep` wrote")
