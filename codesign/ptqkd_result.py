@@ -3,7 +3,6 @@ losses, the stitched network and its binary, and how they are printed and writte
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from xdsl.dialects.builtin import ModuleOp
 from dopant.codesign._ptqkd.stages import Stage
 from dopant.compiler.driver import CompiledModel
 from dopant.compiler.irio import ir_text
-from dopant.support.files import write_atomic
+from dopant.support.files import json_text, write_files
 
 
 @dataclass(frozen=True)
@@ -135,14 +134,11 @@ class PtqKdResult:
         """Write the stitched IR (`quantized.mlir`), its binary (`model.dpb`) and the report
         (`stages.json`) into `folder` (created if missing), each atomically; the paths by what
         they hold."""
-        out = Path(folder)
-        out.mkdir(parents=True, exist_ok=True)
-        files = {
-            "quantized": out / "quantized.mlir",
-            "binary": out / "model.dpb",
-            "report": out / "stages.json",
-        }
-        write_atomic(files["quantized"], ir_text(self.quantized))
-        write_atomic(files["binary"], self.binary)
-        write_atomic(files["report"], json.dumps(self.report(), indent=2) + "\n")
-        return files
+        return write_files(
+            folder,
+            {
+                "quantized": ("quantized.mlir", ir_text(self.quantized)),
+                "binary": ("model.dpb", self.binary),
+                "report": ("stages.json", json_text(self.report())),
+            },
+        )

@@ -3,7 +3,6 @@ and how they are written to a folder (`CodesignResult.save`)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from dopant.compiler.driver import CompiledModel
 from dopant.compiler.irio import ir_text
 from dopant.passes._prune_channels.plan import PruningPlan
 from dopant.runtime.stats import RunStats
-from dopant.support.files import write_atomic
+from dopant.support.files import json_text, write_files
 
 
 @dataclass(frozen=True)
@@ -131,21 +130,17 @@ class CodesignResult:
         """Write the binary, the IR of the selected and quantized stages, the plan (with no
         groups when nothing was pruned), the bit widths and the report into `folder` (created
         if missing), each file atomically; the paths written, by what they hold."""
-        out = Path(folder)
-        out.mkdir(parents=True, exist_ok=True)
-        files = {
-            "binary": out / "model.dpb",
-            "selected": out / "selected.mlir",
-            "quantized": out / "quantized.mlir",
-            "bits": out / "bits.json",
-            "report": out / "report.json",
-        }
-        write_atomic(files["binary"], self.binary)
-        write_atomic(files["selected"], ir_text(self.stages["selected"]))
-        write_atomic(files["quantized"], ir_text(self.stages["quantized"]))
         bits = {path: f"w{w}a{a}" for path, (w, a) in self.bits.items()}
-        write_atomic(files["bits"], json.dumps(bits, indent=2) + "\n")
-        write_atomic(files["report"], json.dumps(self.report(), indent=2) + "\n")
-        files["plan"] = out / "plan.json"
+        files = write_files(
+            folder,
+            {
+                "binary": ("model.dpb", self.binary),
+                "selected": ("selected.mlir", ir_text(self.stages["selected"])),
+                "quantized": ("quantized.mlir", ir_text(self.stages["quantized"])),
+                "bits": ("bits.json", json_text(bits)),
+                "report": ("report.json", json_text(self.report())),
+            },
+        )
+        files["plan"] = Path(folder) / "plan.json"
         (self.plan or PruningPlan(())).save(str(files["plan"]))  # no groups: nothing pruned
         return files

@@ -3,8 +3,10 @@ failure never leaves a half-written file behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from dopant.support.errors import InputError
@@ -57,3 +59,22 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_files(
+    folder: str | os.PathLike[str], files: Mapping[str, tuple[str, bytes | str]]
+) -> dict[str, Path]:
+    """Each (file name, contents) of `files` into `folder` (created if missing), each written
+    atomically; the paths by the same keys."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for key, (name, data) in files.items():
+        paths[key] = out / name
+        write_atomic(paths[key], data)
+    return paths
+
+
+def json_text(data: object) -> str:
+    """`data` as the JSON text dopant writes: indented two spaces, ending in a newline."""
+    return json.dumps(data, indent=2) + "\n"

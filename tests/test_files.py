@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dopant.support.files import write_atomic
+from dopant.support.files import json_text, write_atomic, write_files
 
 
 def test_write_replaces_the_whole_file(tmp_path: Path) -> None:
@@ -40,3 +40,12 @@ def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_write_files_creates_the_folder_and_returns_each_path(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "folder"
+    paths = write_files(out, {"ir": ("a.mlir", "text"), "bin": ("a.dpb", b"\x00\x01")})
+    assert paths == {"ir": out / "a.mlir", "bin": out / "a.dpb"}
+    assert paths["ir"].read_text() == "text" and paths["bin"].read_bytes() == b"\x00\x01"
+    assert sorted(p.name for p in out.iterdir()) == ["a.dpb", "a.mlir"]  # no temporaries
+    assert json_text({"a": [1, 2]}) == '{\n  "a": [\n    1,\n    2\n  ]\n}\n'

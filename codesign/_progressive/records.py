@@ -4,7 +4,6 @@ its binary, and how they are printed and written to a folder."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from dopant.backend.target import AccelConfig
 from dopant.codesign._progressive.schedule import Stage
 from dopant.compiler.driver import CompiledModel
 from dopant.compiler.irio import ir_text
-from dopant.support.files import write_atomic
+from dopant.support.files import json_text, write_files
 
 
 @dataclass(frozen=True)
@@ -119,15 +118,12 @@ class ProgressiveResult:
     def save(self, folder: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Path]:
         """Write quantized.mlir (the final integer IR), model.dpb (its binary) and stages.json
         (`to_dict`, with `extra` added) into `folder`; the paths written, by name."""
-        out = Path(folder)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {
-            "quantized": out / "quantized.mlir",
-            "binary": out / "model.dpb",
-            "stages": out / "stages.json",
-        }
-        write_atomic(paths["quantized"], ir_text(self.quantized))
-        self.compiled.save(paths["binary"])
         report = {**self.to_dict(), **(extra or {})}
-        write_atomic(paths["stages"], json.dumps(report, indent=2) + "\n")
-        return paths
+        return write_files(
+            folder,
+            {
+                "quantized": ("quantized.mlir", ir_text(self.quantized)),
+                "binary": ("model.dpb", self.compiled.binary),
+                "stages": ("stages.json", json_text(report)),
+            },
+        )

@@ -28,7 +28,7 @@ import numpy as np
 from dopant.codesign._sweep.columns import NAMES, parse_cell
 from dopant.codesign._sweep.spec import SweepSpec
 from dopant.support.errors import InputError
-from dopant.support.files import write_atomic
+from dopant.support.files import json_text, write_atomic
 
 MANIFEST = "sweep.json"
 POINTS = "points"
@@ -83,7 +83,7 @@ class Store:
         """Make the folder this sweep's (after `check`) and return its finished points."""
         (self.folder / POINTS).mkdir(parents=True, exist_ok=True)
         manifest = {"spec": spec.digest(), **identity}
-        write_atomic(self.folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        write_atomic(self.folder / MANIFEST, json_text(manifest))
         write_atomic(self.folder / "spec.toml", spec.text)
         return self.finished()
 
