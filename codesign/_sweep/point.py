@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from xdsl.dialects.builtin import AnyFloat, IntegerType, ModuleOp, TensorType
-from xdsl.ir import Attribute
+from xdsl.dialects.builtin import IntegerType, ModuleOp, TensorType
 
 from dopant.backend.image import moved_bytes
 from dopant.backend.target import AccelConfig
@@ -32,7 +31,6 @@ from dopant.codesign.sensitivity import Sensitivity
 from dopant.codesign.threads import one_thread
 from dopant.compiler.driver import CompiledModel, compile, compile_module
 from dopant.compiler.fakequant import FakeQuantNetwork
-from dopant.compiler.frontend import import_model
 from dopant.compiler.models.datasets import Dataset
 from dopant.compiler.models.load import load_model
 from dopant.dialects.qnn import Conv2DOp, LinearOp
@@ -91,7 +89,7 @@ def run_point(task: Task) -> Outcome:
         with one_thread():
             torch.manual_seed(0)
             model, example = task.model.load()
-            dense = import_model(model, example)
+            dense = _channels(model)
             compiled, quantized, finetuned = _compress(task, model, example)
             compile_s = time.perf_counter() - start
             start = time.perf_counter()
@@ -178,11 +176,12 @@ def _compress(
     return compiled, quantized, torch_top1(tuned[0], data) if tuned else None
 
 
-def layer_details(compiled: CompiledModel, quantized: ModuleOp, dense: ModuleOp) -> dict[str, Any]:
+def layer_details(
+    compiled: CompiledModel, quantized: ModuleOp, channels: dict[str, int]
+) -> dict[str, Any]:
     """Per layer: cycles (first start to last end on the simulator's timeline; layers overlap,
     so they do not sum to the total), widths `wXaY`, and [kept, dense] output channels (the
-    dense network's IR is `dense`)."""
-    channels = {path: shape[0] for path, (shape, _, _) in _layers(dense).items()}
+    dense model's are `channels`, by module path)."""
     layers = _layers(quantized)
     return {
         "layers": [
@@ -195,23 +194,26 @@ def layer_details(compiled: CompiledModel, quantized: ModuleOp, dense: ModuleOp)
     }
 
 
-def _layers(module: ModuleOp) -> dict[str, tuple[tuple[int, ...], int, int]]:
-    """conv/linear path -> (weight shape, weight bits, input bits); bits 32 in float IR."""
+def _channels(model: torch.nn.Module) -> dict[str, int]:
+    """The output channels of each conv and linear layer of the dense torch model, by module
+    path (the path its IR op carries)."""
+    layers = (
+        m for m in model.named_modules() if isinstance(m[1], torch.nn.Conv2d | torch.nn.Linear)
+    )
+    return {name: module.weight.shape[0] for name, module in layers}
+
+
+def _layers(quantized: ModuleOp) -> dict[str, tuple[tuple[int, ...], int, int]]:
+    """conv/linear path -> (weight shape, weight bits, input bits) of integer IR."""
     found = {}
-    for op in forward(module, "to list its layers").body.walk():
+    for op in forward(quantized, "to list its layers").body.walk():
         if isinstance(op, Conv2DOp | LinearOp):
             weight, x = op.operands[1].type, op.operands[0].type
             assert isinstance(weight, TensorType) and isinstance(x, TensorType)  # verified IR
-            found[op.path.data] = (
-                tuple(weight.get_shape()),
-                _bits(weight.element_type),
-                _bits(x.element_type),
-            )
+            w, a = weight.element_type, x.element_type
+            assert isinstance(w, IntegerType) and isinstance(a, IntegerType)  # quantized IR
+            found[op.path.data] = (tuple(weight.get_shape()), w.bitwidth, a.bitwidth)
     return found
-
-
-def _bits(element: Attribute) -> int:
-    return element.bitwidth if isinstance(element, IntegerType | AnyFloat) else 0
 
 
 def _setting_columns(task: Task) -> dict[str, Any]:
