@@ -158,10 +158,7 @@ def _score(
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[tuple[int, ...], Sensitivity]]:
     """The saliency of each pruning method and the sensitivity of each set of offered widths
     the settings `todo` use, on the calibration data's labelled batches."""
-    batches = [
-        (torch.from_numpy(data.x[i : i + BATCH]), torch.from_numpy(data.y[i : i + BATCH]))
-        for i in range(0, len(data.x), BATCH)
-    ]
+    batches = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in data.batches(BATCH)]
     imported = import_model(model, example)
     methods = sorted({s.prune_method for s in todo if s.prunes})
     groups = coupling_groups(imported) if methods else []

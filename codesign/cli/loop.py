@@ -64,10 +64,7 @@ def _cmd_codesign(args: argparse.Namespace) -> None:
     shape = tuple(loaded.example_input.shape[1:])
     calibration = labelled_data(args, args.calibration, "calibration", "co-design", shape)
     evaluation = labelled_data(args, args.eval, "test", "--eval", shape) if args.eval else None
-    batches = [
-        (torch.from_numpy(calibration.x[i : i + 64]), torch.from_numpy(calibration.y[i : i + 64]))
-        for i in range(0, len(calibration.x), 64)
-    ]
+    batches = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in calibration.batches(64)]
 
     # --finetune-epochs and --qat-epochs train by dopant's recipe (codesign.finish).
     def finetune(model: torch.nn.Module) -> None:
