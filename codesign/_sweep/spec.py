@@ -104,7 +104,7 @@ class SweepSpec:
         if isinstance(source, SweepSpec):
             return source
         if isinstance(source, dict):
-            return SweepSpec.from_dict(source, Path.cwd(), _canonical(source))
+            return SweepSpec.from_dict(source, Path.cwd(), canonical_json(source))
         path = Path(source)
         try:
             text = path.read_text()
@@ -167,7 +167,7 @@ class SweepSpec:
     def digest(self) -> str:
         """SHA-256 of the spec's checked tables (not its comments or layout)."""
         tables = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)[:4]}
-        return hashlib.sha256(_canonical(tables).encode()).hexdigest()
+        return hashlib.sha256(canonical_json(tables).encode()).hexdigest()
 
 
 def _check_compression(table: dict[str, Any], where: str) -> None:
@@ -257,5 +257,7 @@ def _count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _canonical(data: object) -> str:
+def canonical_json(data: object) -> str:
+    """`data` as one JSON text that does not depend on key order: what spec and point digests
+    hash."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)

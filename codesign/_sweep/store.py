@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from dopant.codesign._sweep.columns import NAMES, parse_cell
-from dopant.codesign._sweep.spec import SweepSpec
+from dopant.codesign._sweep.spec import SweepSpec, canonical_json
 from dopant.support.errors import InputError
 from dopant.support.files import json_text, write_atomic
 
@@ -37,8 +37,7 @@ POINTS = "points"
 def point_id(identity: dict[str, Any]) -> str:
     """12 hex digits of SHA-256 over the canonical JSON of what the point computes from: its
     settings, its machine's fields, the model and data digests and dopant's version."""
-    text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:12]
 
 
 def array_digest(*arrays: np.ndarray) -> str:
